@@ -1,0 +1,15 @@
+"""Paper scale: UNI-shaped ViT-L/16 at 224 px through 21 crops per tile, fine-tuned.
+
+Data come from your own slide in the generic format unless overridden; see generic.py and the HEST
+configs (luad.py, ...). `--config=configs/default.py:demo` swaps in the demo's model and schedule.
+"""
+
+from sigmma_jax import config_base
+
+
+def get_config(arg=None):
+  c = config_base.base_config()
+  c.data.source = "generic"
+  if "demo" in config_base.parse_arg(arg):
+    config_base.apply_demo(c)
+  return c

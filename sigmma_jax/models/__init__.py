@@ -1,0 +1,1 @@
+"""Flax models: ViT backbones, the two SIGMMA encoders, and the model that joins them."""

@@ -1,0 +1,286 @@
+"""Slides -> tiles and cell graphs -> ArrayRecord shards + manifest.
+
+Work is cut into chunks (a band of tile rows of one slide). Each chunk writes its shard and then a
+sidecar JSON; the sidecar is the proof of completion, so a rerun skips finished chunks and a crash
+never leaves a chunk looking complete. The manifest (gene panel, budgets, splits, report) is written
+last, atomically, from the sidecars.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+import scipy.sparse as sp
+import tqdm
+
+from sigmma_jax import graphs, readers, records, tiling
+
+MANIFEST = "manifest.json"
+# Settings that change what a tile record holds; a shard dir made with others is refused.
+SHARD_KEYS = ("target_mpp", "tile_px", "min_cells", "min_tissue", "node_budget", "overflow", "graph",
+              "knn_k", "radius_px", "chunk_rows")
+
+
+def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
+def atomic_write_json(path: pathlib.Path, obj: Any) -> None:
+  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Slides from the config
+
+
+def load_slides(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[readers.Slide]:
+  d = config.data
+  if d.source == "synthetic":
+    from sigmma_jax import synthetic  # only the demo needs the generator
+    s = d.synthetic
+    out = synthetic.write_synthetic_slide(pathlib.Path(workdir) / "slide", seed=s.seed,
+                                          size_um=s.size_um, pixel_size_um=s.pixel_size_um,
+                                          n_genes=s.n_genes, cell_density=s.cell_density)
+    return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
+  if d.source == "generic":
+    if not d.cells or not d.wsi:
+      raise readers.InputError("configs/generic.py needs --config.data.cells=FILE.h5ad and "
+                               "--config.data.wsi=FILE.tif")
+    return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
+  if d.source in ("hest", "xenium"):
+    raise readers.InputError(
+        f"data.source={d.source!r}: reading {d.source.upper()} folders is not implemented yet "
+        f"(hest_dir={d.hest_dir!r}, samples={list(d.sample_ids)}). Convert the slides to the generic "
+        "format (cells .h5ad + H&E TIFF) and use configs/generic.py meanwhile.")
+  raise readers.InputError(f"unknown data.source {d.source!r}")
+
+
+def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
+  d = config.data
+  ident = {k: d[k] for k in SHARD_KEYS}
+  ident["slides"] = [(s.name, str(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy),
+                      s.counts.shape[1]) for s in slides]
+  return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shared_panel(slides: list[readers.Slide]) -> tuple[list[str], dict[str, int]]:
+  """Genes present in every slide, in the first slide's order; genes dropped per slide."""
+  common = set(slides[0].genes)
+  for s in slides[1:]:
+    common &= set(s.genes)
+  if not common:
+    raise readers.InputError("the slides share no gene: " + ", ".join(s.name for s in slides))
+  panel = [g for g in slides[0].genes if g in common]
+  return panel, {s.name: len(s.genes) - len(panel) for s in slides}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One chunk (runs in a worker process)
+
+
+@dataclasses.dataclass
+class Chunk:
+  name: str
+  slide: str
+  wsi_path: pathlib.Path
+  grid: tiling.TileGrid
+  tile_of_cell: np.ndarray   # flat tile index per cell of this chunk
+  xy: np.ndarray             # (n, 2) tile-pixel coordinates
+  counts: sp.csr_matrix      # (n, panel)
+  settings: dict
+  shard_hash: str
+  out_dir: pathlib.Path
+
+
+def run_chunk(c: Chunk) -> dict:
+  s = c.settings
+  rep = dict(tiles_few_cells=0, tiles_no_tissue=0, tiles_overflow_dropped=0,
+             tiles_overflow_subsampled=0, cells_in_dropped_tiles=0, cells_subsampled_away=0,
+             cells_kept=0)
+  tiles, payload = [], []
+  order = np.argsort(c.tile_of_cell, kind="stable")
+  uniq, starts, sizes = np.unique(c.tile_of_cell[order], return_index=True, return_counts=True)
+  with readers.WSI(c.wsi_path) as wsi:
+    for t, st, n in zip(uniq, starts, sizes):
+      idx = order[st:st + n]
+      row, col = divmod(int(t), c.grid.cols)
+      if n < s["min_cells"]:
+        rep["tiles_few_cells"] += 1
+        rep["cells_in_dropped_tiles"] += int(n)
+        continue
+      image = tiling.read_tile(wsi, c.grid, row, col)
+      if tiling.tissue_fraction(image) < s["min_tissue"]:
+        rep["tiles_no_tissue"] += 1
+        rep["cells_in_dropped_tiles"] += int(n)
+        continue
+      tile_counts = np.asarray(c.counts[idx].sum(0)).ravel().astype(np.float32)
+      if n > s["node_budget"]:
+        if s["overflow"] == "drop":
+          rep["tiles_overflow_dropped"] += 1
+          rep["cells_in_dropped_tiles"] += int(n)
+          continue
+        # Seeded by position so reruns and other machines keep the same cells.
+        rng = np.random.default_rng([row, col, int(n)])
+        idx = np.sort(rng.choice(idx, s["node_budget"], replace=False))
+        rep["tiles_overflow_subsampled"] += 1
+        rep["cells_subsampled_away"] += int(n) - s["node_budget"]
+      xy = c.xy[idx]
+      blocks = graphs.micro_blocks(xy, c.grid.tile_px)
+      snd, rcv = graphs.build_micro_graph(xy, blocks, s["graph"], s["knn_k"], s["radius_px"])
+      meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
+      payload.append(records.encode(dict(
+          image=image, xy=xy, blocks=blocks, counts=c.counts[idx].toarray(), senders=snd,
+          receivers=rcv, tile_counts=tile_counts, meta=meta)))
+      tiles.append(dict(meta, n_kept=len(idx), n_edges=len(snd)))
+      rep["cells_kept"] += len(idx)
+  shard = None
+  if payload:
+    from array_record.python.array_record_module import ArrayRecordWriter
+    shard = f"{c.name}.array_record"
+    tmp = c.out_dir / f".{shard}.tmp{os.getpid()}"
+    w = ArrayRecordWriter(str(tmp), "group_size:1,zstd:1")
+    for p in payload:
+      w.write(p)
+    w.close()
+    os.replace(tmp, c.out_dir / shard)
+  side = dict(hash=c.shard_hash, shard=shard, tiles=tiles, report=rep)
+  atomic_write_json(c.out_dir / f"{c.name}.json", side)
+  return side
+
+
+# ---------------------------------------------------------------------------------------------------
+# Splits
+
+
+def spatial_splits(tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float,
+                   seed: int) -> list[str]:
+  """Whole spatial blocks of block_tiles x block_tiles tiles go to one split, so that neighbouring
+  tiles (which share cells' context) rarely straddle train and test."""
+  keys = [(t["slide"], t["row"] // block_tiles, t["col"] // block_tiles) for t in tiles]
+  blocks = sorted(set(keys))
+  perm = np.random.default_rng(seed).permutation(len(blocks))
+  size = {b: 0 for b in blocks}
+  for k in keys:
+    size[k] += 1
+  total = len(tiles)
+  assign, filled = {}, {"test": 0, "val": 0}
+  for i in perm:
+    b = blocks[i]
+    if filled["test"] < test_fraction * total:
+      assign[b] = "test"
+    elif filled["val"] < val_fraction * total:
+      assign[b] = "val"
+    else:
+      assign[b] = "train"
+    if assign[b] in filled:
+      filled[assign[b]] += size[b]
+  return [assign[k] for k in keys]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _round_up(x: int, m: int) -> int:
+  return max(m, int(math.ceil(x / m) * m))
+
+
+def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+  """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
+  d = config.data
+  out_dir = pathlib.Path(d.shard_dir or pathlib.Path(workdir) / "shards")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
+  slides = load_slides(config, workdir)
+  h = shard_hash(config, slides)
+  manifest_path = out_dir / MANIFEST
+  split_cfg = d.split.to_dict()
+  if manifest_path.exists():
+    old = json.loads(manifest_path.read_text())
+    if old["shard_hash"] != h:
+      raise readers.InputError(
+          f"{out_dir} holds shards made with other preprocessing settings or slides (hash "
+          f"{old['shard_hash']} != {h}); point --config.data.shard_dir elsewhere or delete it")
+    if old["split_config"] == split_cfg:
+      logging.info("shards up to date in %s (%d tiles)", out_dir, len(old["tiles"]))
+      return old
+
+  panel, genes_dropped = shared_panel(slides)
+  settings = {k: d[k] for k in SHARD_KEYS}
+  chunks, names, slide_report = [], [], {}
+  for slide in slides:
+    col_of = {g: i for i, g in enumerate(slide.genes)}
+    counts = slide.counts[:, [col_of[g] for g in panel]].tocsr()
+    grid = tiling.tile_grid(slide, d.target_mpp, d.tile_px)
+    flat, local = tiling.assign_cells(slide, grid)
+    zero = np.asarray(counts.sum(1)).ravel() == 0
+    slide_report[slide.name] = dict(
+        cells_total=len(flat), cells_outside_grid=int((flat < 0).sum()),
+        cells_zero_counts=int((zero & (flat >= 0)).sum()), controls_dropped=slide.dropped_controls,
+        genes_not_shared=genes_dropped[slide.name], grid=[grid.rows, grid.cols],
+        pixel_size_um=slide.pixel_size_um)
+    usable = (flat >= 0) & ~zero  # a cell without transcripts carries nothing to align
+    for ci, r0 in enumerate(range(0, grid.rows, d.chunk_rows)):
+      name = f"{slide.name}-{ci:04d}"
+      names.append(name)
+      side = out_dir / f"{name}.json"
+      if side.exists():
+        if json.loads(side.read_text())["hash"] != h:
+          raise readers.InputError(f"{side}: chunk made with other settings (hash mismatch); "
+                                   f"point --config.data.shard_dir elsewhere or delete {out_dir}")
+        continue
+      sel = np.flatnonzero(usable & (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols))
+      chunks.append(Chunk(name, slide.name, slide.wsi_path, grid, flat[sel], local[sel],
+                          counts[sel], settings, h, out_dir))
+
+  if chunks:
+    logging.info("preprocessing %d chunks with %d workers into %s", len(chunks), d.workers, out_dir)
+    bar = tqdm.tqdm(total=len(chunks), desc="preprocess", unit="chunk")
+    if d.workers > 1:
+      ctx = multiprocessing.get_context("spawn")  # fork after JAX/threads is unsafe
+      with cf.ProcessPoolExecutor(d.workers, mp_context=ctx) as pool:
+        for side in pool.map(run_chunk, chunks):
+          bar.update(1)
+          bar.set_postfix(tiles=len(side["tiles"]))
+    else:
+      for c in chunks:
+        run_chunk(c)
+        bar.update(1)
+    bar.close()
+
+  sides = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]
+  shards = [s["shard"] for s in sides if s["shard"]]
+  tiles = [t for s in sides for t in s["tiles"]]
+  if not tiles:
+    raise readers.InputError(f"no tile passed the filters (min_cells={d.min_cells}, "
+                             f"min_tissue={d.min_tissue}); is there tissue under the cells?")
+  splits = spatial_splits(tiles, d.split.block_tiles, d.split.test_fraction, d.split.val_fraction,
+                          d.split.seed)
+  report = {k: sum(s["report"][k] for s in sides) for k in sides[0]["report"]}
+  report.update(tiles_kept=len(tiles), slides=slide_report,
+                split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
+                seconds=round(time.time() - t0, 1))
+  manifest = dict(
+      version=1, shard_hash=h, split_config=split_cfg, settings=settings, genes=panel,
+      budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
+      shards=shards, tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
+      splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
+      report=report)
+  atomic_write_json(manifest_path, manifest)
+  logging.info("preprocessing report: %s", json.dumps({k: v for k, v in report.items()
+                                                       if k != "slides"}))
+  return manifest
