@@ -87,19 +87,22 @@ def init_state(model: SIGMMA, tx, config, manifest, mesh: Mesh) -> tuple[TrainSt
   return state, shardings
 
 
+def loss_fn(params, model: SIGMMA, batch: dict, rng: jax.Array, weights=(1.0, 1.0, 1.0)):
+  """Total loss and (per-scale losses, temperature) of one training batch."""
+  k_gumbel, k_drop = jax.random.split(rng)
+  out = model.apply({"params": params}, batch, train=True,
+                    rngs={"gumbel": k_gumbel, "dropout": k_drop})
+  total, per = losses.sigmma_loss(out, weights)
+  return total, (per, out["temperature"])
+
+
 def make_train_step(model: SIGMMA, tx, config, mesh: Mesh, state_shardings):
   weights = tuple(config.train.scale_weights)
 
   def step(state: TrainState, batch):
-    k_gumbel, k_drop = jax.random.split(jax.random.fold_in(state.rng, state.step))
-
-    def loss_fn(params):
-      out = model.apply({"params": params}, batch, train=True,
-                        rngs={"gumbel": k_gumbel, "dropout": k_drop})
-      total, per = losses.sigmma_loss(out, weights)
-      return total, (per, out["temperature"])
-
-    (loss, (per, temp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    rng = jax.random.fold_in(state.rng, state.step)
+    (loss, (per, temp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, model, batch, rng, weights)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                         opt_state=opt_state)
