@@ -8,11 +8,12 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from sigmma_jax import readers, train
+from sigmma_jax import preprocess, readers, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, metrics and results.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_bool("preprocess_only", False, "Write the shards and manifest, then stop.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:demo]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -33,7 +34,10 @@ def main(argv):
   logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.preprocess_only:
+      preprocess.preprocess(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except readers.InputError as e:
     raise app.UsageError(str(e)) from None
 

@@ -153,8 +153,8 @@ def make_slide(name: str, wsi_path: pathlib.Path, pixel_size_um: float, image_sh
   if counts.nnz and counts.data.min() < 0:
     raise InputError(f"{source}: counts contain negative values (raw counts expected)")
   if len(np.unique(cell_ids)) != len(cell_ids):
-    dup = cell_ids[np.flatnonzero(np.unique(cell_ids, return_counts=True)[1] > 1)[:3]]
-    raise InputError(f"{source}: duplicated cell ids, e.g. {list(dup)}")
+    uniq, n = np.unique(cell_ids, return_counts=True)
+    raise InputError(f"{source}: duplicated cell ids, e.g. {[str(u) for u in uniq[n > 1][:3]]}")
   h, w = image_shape
   outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
   if outside.any():
