@@ -265,12 +265,13 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
   sides = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]
   shards = [s["shard"] for s in sides if s["shard"]]
   tiles = [t for s in sides for t in s["tiles"]]
+  report = {k: sum(s["report"][k] for s in sides) for k in sides[0]["report"]}
   if not tiles:
-    raise readers.InputError(f"no tile passed the filters (min_cells={d.min_cells}, "
-                             f"min_tissue={d.min_tissue}); is there tissue under the cells?")
+    raise readers.InputError(
+        f"no tile passed the filters (min_cells={d.min_cells}, min_tissue={d.min_tissue}, "
+        f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}")
   splits = spatial_splits(tiles, d.split.block_tiles, d.split.test_fraction, d.split.val_fraction,
                           d.split.seed)
-  report = {k: sum(s["report"][k] for s in sides) for k in sides[0]["report"]}
   report.update(tiles_kept=len(tiles), slides=slide_report,
                 split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
                 seconds=round(time.time() - t0, 1))
