@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.pixel_size_um = 0.0         # 0: read from the OME/TIFF metadata
   d.hest_dir = ""
   d.sample_ids = ()
+  d.min_qv = 20.0               # HEST transcripts below this Phred quality are not counted
+  d.xenium_dir = ""             # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
+  d.alignment = ""              # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
   d.synthetic = ml_collections.ConfigDict(dict(seed=0, size_um=2560.0, pixel_size_um=0.2737,
                                                n_genes=120, cell_density=1.0))
   d.shard_dir = ""              # "" -> <workdir>/shards
@@ -35,7 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   d.radius_px = 30.0
   d.chunk_rows = 4              # tile rows per shard chunk: the unit of resume and of parallel work
   d.workers = 2                 # preprocessing processes
-  d.split = ml_collections.ConfigDict(dict(block_tiles=4, test_fraction=0.2, val_fraction=0.0, seed=0))
+  # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
+  # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
+  d.split = ml_collections.ConfigDict(dict(by="auto", fold=0, block_tiles=4, test_fraction=0.2,
+                                           val_fraction=0.0, seed=0))
   d.augment = True              # dihedral flips/rotations of image and cells together
   d.loader_workers = 0          # Grain worker processes (0: in the main process)
   d.prefetch = 2

@@ -61,11 +61,18 @@ def load_slides(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
       raise readers.InputError("configs/generic.py needs --config.data.cells=FILE.h5ad and "
                                "--config.data.wsi=FILE.tif")
     return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
-  if d.source in ("hest", "xenium"):
-    raise readers.InputError(
-        f"data.source={d.source!r}: reading {d.source.upper()} folders is not implemented yet "
-        f"(hest_dir={d.hest_dir!r}, samples={list(d.sample_ids)}). Convert the slides to the generic "
-        "format (cells .h5ad + H&E TIFF) and use configs/generic.py meanwhile.")
+  if d.source == "hest":
+    from sigmma_jax import hest
+    if not d.hest_dir or not d.sample_ids:
+      raise readers.InputError("HEST configs need --config.data.hest_dir=DIR (and sample_ids)")
+    return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
+  if d.source == "xenium":
+    from sigmma_jax import xenium
+    if not d.xenium_dir or not d.wsi or not d.alignment:
+      raise readers.InputError("configs/xenium.py needs --config.data.xenium_dir=BUNDLE "
+                               "--config.data.wsi=HE.ome.tif --config.data.alignment=ALIGN.csv")
+    return [xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment,
+                               he_pixel_size_um=d.pixel_size_um)]
   raise readers.InputError(f"unknown data.source {d.source!r}")
 
 
@@ -78,13 +85,14 @@ def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -
 
 
 def shared_panel(slides: list[readers.Slide]) -> tuple[list[str], dict[str, int]]:
-  """Genes present in every slide, in the first slide's order; genes dropped per slide."""
+  """Genes present in every slide, sorted (so shards do not depend on the reader's gene order);
+  and how many genes each slide loses."""
   common = set(slides[0].genes)
   for s in slides[1:]:
     common &= set(s.genes)
   if not common:
     raise readers.InputError("the slides share no gene: " + ", ".join(s.name for s in slides))
-  panel = [g for g in slides[0].genes if g in common]
+  panel = sorted(common)
   return panel, {s.name: len(s.genes) - len(panel) for s in slides}
 
 
@@ -191,6 +199,21 @@ def spatial_splits(tiles: list[dict], block_tiles: int, test_fraction: float, va
   return [assign[k] for k in keys]
 
 
+def sample_splits(tiles: list[dict], slides: list[str], fold: int) -> list[str]:
+  """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
+  if not 0 <= fold < len(slides):
+    raise readers.InputError(f"split fold {fold} does not exist: {len(slides)} samples {slides}")
+  return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
+
+
+def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
+  by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
+  if by == "sample":
+    return sample_splits(tiles, slides, split.fold)
+  return spatial_splits(tiles, split.block_tiles, split.test_fraction, split.val_fraction,
+                        split.seed)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Orchestration
 
@@ -232,7 +255,7 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
         cells_total=len(flat), cells_outside_grid=int((flat < 0).sum()),
         cells_zero_counts=int((zero & (flat >= 0)).sum()), controls_dropped=slide.dropped_controls,
         genes_not_shared=genes_dropped[slide.name], grid=[grid.rows, grid.cols],
-        pixel_size_um=slide.pixel_size_um)
+        pixel_size_um=slide.pixel_size_um, reader=slide.report)
     usable = (flat >= 0) & ~zero  # a cell without transcripts carries nothing to align
     for ci, r0 in enumerate(range(0, grid.rows, d.chunk_rows)):
       name = f"{slide.name}-{ci:04d}"
@@ -270,15 +293,16 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     raise readers.InputError(
         f"no tile passed the filters (min_cells={d.min_cells}, min_tissue={d.min_tissue}, "
         f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}")
-  splits = spatial_splits(tiles, d.split.block_tiles, d.split.test_fraction, d.split.val_fraction,
-                          d.split.seed)
-  report.update(tiles_kept=len(tiles), slides=slide_report,
+  slide_names = [s.name for s in slides]
+  splits = make_splits(tiles, slide_names, d.split)
+  report.update(tiles_kept=len(tiles), slides=slide_report, genes=len(panel),
                 split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
                 seconds=round(time.time() - t0, 1))
   manifest = dict(
       version=1, shard_hash=h, split_config=split_cfg, settings=settings, genes=panel,
       budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
-      shards=shards, tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
+      slides=slide_names, shards=shards,
+      tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
       splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
       report=report)
   atomic_write_json(manifest_path, manifest)

@@ -36,6 +36,7 @@ class Slide:
   genes: np.ndarray            # (genes,) str
   cell_ids: np.ndarray         # (n,) str
   dropped_controls: int = 0
+  report: dict = dataclasses.field(default_factory=dict)  # what the reader skipped, and why
 
 
 class WSI:

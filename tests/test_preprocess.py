@@ -135,13 +135,13 @@ def test_no_tissue_and_few_cells_are_dropped_and_counted(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["luad", "paad", "skcm", "idc"])
-def test_hest_configs_stop_at_once_with_a_clear_message(tmp_path, name):
+def test_hest_configs_stop_at_once_on_a_folder_without_the_samples(tmp_path, name):
   import importlib.util
   spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("demo")
   assert c.model.vit.width == 96 and c.train.steps == 400  # ":demo" swapped the model in
-  c.data.hest_dir = str(tmp_path)
-  with pytest.raises(readers.InputError, match="HEST folders is not implemented"):
+  c.data.hest_dir = str(tmp_path)  # an empty folder: the first sample's WSI is missing
+  with pytest.raises(readers.InputError, match=rf"wsis/{c.data.sample_ids[0]}\.tif: missing"):
     preprocess.preprocess(c, tmp_path)
