@@ -76,6 +76,10 @@ class WSI:
   def pixel_size_um(self) -> float | None:
     return tiff_pixel_size_um(self._tif)
 
+  @property
+  def n_levels(self) -> int:
+    return len(self._tif.series[0].levels)
+
   def close(self) -> None:
     self._tif.close()
 
