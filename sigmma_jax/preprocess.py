@@ -244,10 +244,11 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
 
   panel, genes_dropped = shared_panel(slides)
   settings = {k: d[k] for k in SHARD_KEYS}
-  chunks, names, slide_report = [], [], {}
+  names, todo, slide_report = [], [], {}
   for slide in slides:
     col_of = {g: i for i, g in enumerate(slide.genes)}
     counts = slide.counts[:, [col_of[g] for g in panel]].tocsr()
+    slide.counts = None  # the panel copy replaces it: one copy of the counts in memory
     grid = tiling.tile_grid(slide, d.target_mpp, d.tile_px)
     flat, local = tiling.assign_cells(slide, grid)
     zero = np.asarray(counts.sum(1)).ravel() == 0
@@ -266,23 +267,41 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
           raise readers.InputError(f"{side}: chunk made with other settings (hash mismatch); "
                                    f"point --config.data.shard_dir elsewhere or delete {out_dir}")
         continue
-      sel = np.flatnonzero(usable & (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols))
-      chunks.append(Chunk(name, slide.name, slide.wsi_path, grid, flat[sel], local[sel],
-                          counts[sel], settings, h, out_dir))
+      rows = (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols)
+      todo.append((name, slide, grid, flat, local, counts, np.flatnonzero(usable & rows)))
 
-  if chunks:
-    logging.info("preprocessing %d chunks with %d workers into %s", len(chunks), d.workers, out_dir)
-    bar = tqdm.tqdm(total=len(chunks), desc="preprocess", unit="chunk")
+  def chunks():  # built one at a time: a chunk copies its cells' counts
+    for name, slide, grid, flat, local, counts, sel in todo:
+      yield Chunk(name, slide.name, slide.wsi_path, grid, flat[sel], local[sel], counts[sel],
+                  settings, h, out_dir)
+
+  if todo:
+    logging.info("preprocessing %d chunks with %d workers into %s", len(todo), d.workers, out_dir)
+    bar = tqdm.tqdm(total=len(todo), desc="preprocess", unit="chunk")
+    done = dict(tiles=0, cells=0)
+
+    def progress(side):
+      done["tiles"] += len(side["tiles"])
+      done["cells"] += side["report"]["cells_kept"]
+      bar.update(1)
+      rate = bar.format_dict["elapsed"] or 1e-9
+      bar.set_postfix(tiles=done["tiles"], cells_per_s=f"{done['cells'] / rate:,.0f}")
+
     if d.workers > 1:
       ctx = multiprocessing.get_context("spawn")  # fork after JAX/threads is unsafe
       with cf.ProcessPoolExecutor(d.workers, mp_context=ctx) as pool:
-        for side in pool.map(run_chunk, chunks):
-          bar.update(1)
-          bar.set_postfix(tiles=len(side["tiles"]))
+        pending = set()
+        for c in chunks():
+          if len(pending) >= 2 * d.workers:  # bounded: memory does not grow with the slide
+            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in finished:
+              progress(f.result())
+          pending.add(pool.submit(run_chunk, c))
+        for f in cf.as_completed(pending):
+          progress(f.result())
     else:
-      for c in chunks:
-        run_chunk(c)
-        bar.update(1)
+      for c in chunks():
+        progress(run_chunk(c))
     bar.close()
 
   sides = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]

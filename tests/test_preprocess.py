@@ -145,3 +145,15 @@ def test_hest_configs_stop_at_once_on_a_folder_without_the_samples(tmp_path, nam
   c.data.hest_dir = str(tmp_path)  # an empty folder: the first sample's WSI is missing
   with pytest.raises(readers.InputError, match=rf"wsis/{c.data.sample_ids[0]}\.tif: missing"):
     preprocess.preprocess(c, tmp_path)
+
+
+def test_cells_without_transcripts_are_skipped_and_counted(tmp_path):
+  wsi, cells, xy, counts, genes = pink_slide(tmp_path)
+  counts[:37, :-2] = 0  # 37 cells with nothing but control probes
+  write_cells(cells, xy, counts, genes)
+  m = preprocess.preprocess(_generic_config(tmp_path, wsi, cells), tmp_path)
+  rep = m["report"]["slides"]["cells"]
+  inside = int(((xy[:37] * 0.2737) < 256).all(1).sum())  # in the 2x2 tiles of 128 µm
+  assert rep["cells_zero_counts"] == inside > 0
+  assert m["report"]["cells_kept"] == sum(t["n_cells"] for t in m["tiles"])
+  assert m["report"]["cells_kept"] == int(((xy * 0.2737) < 256).all(1).sum()) - inside
