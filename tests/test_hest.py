@@ -7,6 +7,7 @@ from conftest import tiny_config
 from hest_fixtures import write_hest_sample
 from sigmma_jax import hest, input_pipeline, preprocess, readers, records
 from slides import pink_slide
+from xenium_fixtures import rotation_affine, write_xenium_bundle
 
 
 def _sample(tmp_path, sample_id="TENX999", seed=0, **kw):
@@ -35,26 +36,37 @@ def test_hest_sample_reads_as_the_same_slide_as_the_generic_format(tmp_path):
   assert h.report["centroid_from_transcripts"] == 5
 
 
-def test_hest_and_generic_give_the_same_tiles(tmp_path):
-  wsi, cells, *_ = _sample(tmp_path, side_px=1900, n_cells=900)
+def test_the_same_slide_in_all_three_formats_gives_the_same_tiles(tmp_path):
+  wsi, cells, xy, counts, genes = _sample(tmp_path, side_px=1900, n_cells=900)
+  affine = rotation_affine(0.2737, degrees=-4.0, translation=(950.0, -60.0))
+  bundle, he, align = write_xenium_bundle(tmp_path / "x", xy, counts, genes,
+                                          [f"cell{i}" for i in range(len(xy))], (1900, 1900),
+                                          0.2737, affine)
   out = {}
-  for name, src in (("generic", "generic"), ("hest", "hest")):
-    c = tiny_config(tmp_path / f"shards_{name}")
-    c.data.update(source=src, cells=str(cells), wsi=str(wsi), hest_dir=str(tmp_path / "hest"),
-                  sample_ids=("TENX999",))
+  for src in ("generic", "hest", "xenium"):
+    c = tiny_config(tmp_path / f"shards_{src}")
+    c.data.update(source=src, cells=str(cells), wsi=str(he if src == "xenium" else wsi),
+                  hest_dir=str(tmp_path / "hest"), sample_ids=("TENX999",),
+                  xenium_dir=str(bundle), alignment=str(align))
     m = preprocess.preprocess(c, tmp_path)
-    src_ = input_pipeline.ShardSource(c.data.shard_dir, m, "train")
-    out[name] = (m, {(r["meta"]["row"], r["meta"]["col"]): r for r in
-                     (records.decode(src_[i]) for i in range(len(src_)))})
-  (mg, rg), (mh, rh) = out["generic"], out["hest"]
-  assert [(t["row"], t["col"], t["n_cells"]) for t in mg["tiles"]] == \
-         [(t["row"], t["col"], t["n_cells"]) for t in mh["tiles"]]
-  assert rg.keys() == rh.keys() and len(rg) > 3
-  for k in rg:
-    np.testing.assert_array_equal(rg[k]["image"], rh[k]["image"])
-    a, b = np.lexsort(rg[k]["xy"].T), np.lexsort(rh[k]["xy"].T)
-    np.testing.assert_allclose(rg[k]["xy"][a], rh[k]["xy"][b], atol=1e-3)
-    np.testing.assert_array_equal(rg[k]["tile_counts"], rh[k]["tile_counts"])
+    split = input_pipeline.ShardSource(c.data.shard_dir, m, "train")
+    out[src] = (m, {(r["meta"]["row"], r["meta"]["col"]): r for r in
+                    (records.decode(split[i]) for i in range(len(split)))})
+  mg, rg = out["generic"]
+  assert len(rg) > 3
+  for src in ("hest", "xenium"):
+    m, r = out[src]
+    assert m["genes"] == mg["genes"]
+    assert [(t["row"], t["col"], t["n_cells"]) for t in m["tiles"]] == \
+           [(t["row"], t["col"], t["n_cells"]) for t in mg["tiles"]]
+    assert r.keys() == rg.keys()
+    for k in rg:
+      np.testing.assert_array_equal(r[k]["image"], rg[k]["image"])
+      a, b = np.lexsort(rg[k]["xy"].T), np.lexsort(r[k]["xy"].T)
+      np.testing.assert_allclose(r[k]["xy"][b], rg[k]["xy"][a], atol=1e-3)
+      np.testing.assert_array_equal(r[k]["counts"][b], rg[k]["counts"][a])
+      np.testing.assert_array_equal(r[k]["tile_counts"], rg[k]["tile_counts"])
+      np.testing.assert_array_equal(r[k]["senders"].size, rg[k]["senders"].size)
 
 
 def test_several_samples_share_a_panel_and_split_by_sample(tmp_path):

@@ -1,0 +1,366 @@
+"""Raw 10x Xenium output bundle + post-Xenium H&E OME-TIFF + alignment -> `Slide` (METHOD.md §7).
+
+Coordinates. Xenium centroids (`cells.parquet`) are in µm; dividing by `pixel_size`
+(experiment.xenium, µm per morphology pixel) gives morphology-image pixels. The Xenium Explorer
+alignment matrix maps H&E level-0 pixels (x, y, 1) to morphology pixels (x, y, 1) (10x knowledge
+base "How can I convert coordinates between H&E image and Xenium data"; spatialdata-io's
+`xenium_aligned_image` attaches the same CSV as the H&E image's transform to the morphology frame),
+so cells reach the H&E through its inverse. The keypoint export (`fixedX,fixedY` = Xenium µm,
+`alignmentX,alignmentY` = H&E pixels) is turned into that matrix by a least-squares affine fit.
+
+Memory. Only three columns of cells.parquet are read; the matrix stays sparse throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+
+from sigmma_jax import readers
+
+Path = pathlib.Path
+GENE_EXPRESSION = b"Gene Expression"
+# A few cell diameters: beyond this the keypoints do not describe one affine transform.
+MAX_KEYPOINT_RMS_UM = 50.0
+PIXEL_SIZE_RTOL = 0.05
+_KEYPOINT_COLUMNS = ("fixedx", "fixedy", "alignmentx", "alignmenty")
+_H5_KEYS = "barcodes data indices indptr shape features/name features/feature_type".split()
+
+
+@dataclasses.dataclass
+class Alignment:
+    matrix: np.ndarray  # (3, 3) H&E level-0 px -> morphology px
+    kind: str  # "matrix" or "keypoints"
+    rms_um: float | None = None  # keypoint fit residual
+    n_keypoints: int = 0
+
+
+def bundle_files(bundle: Path, he_image: Path, alignment: Path) -> tuple[Path, ...]:
+    """(experiment.xenium, cells.parquet, cell_feature_matrix.h5, H&E, alignment), all present."""
+    files = (
+        bundle / "experiment.xenium",
+        bundle / "cells.parquet",
+        bundle / "cell_feature_matrix.h5",
+        he_image,
+        alignment,
+    )
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise readers.InputError("; ".join(f"{p}: file not found" for p in missing))
+    return files
+
+
+def read_pixel_size(spec_path: Path) -> float:
+    """µm per morphology pixel from experiment.xenium."""
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (OSError, ValueError) as e:
+        raise readers.InputError(f"{spec_path}: cannot read as JSON ({e})") from e
+    size = spec.get("pixel_size") if isinstance(spec, dict) else None
+    if not isinstance(size, (int, float)) or not size > 0:
+        raise readers.InputError(f"{spec_path}: no positive 'pixel_size' (µm per morphology pixel)")
+    return float(size)
+
+
+def read_alignment(path: Path, pixel_size: float) -> Alignment:
+    """Either form of the Xenium Explorer export, as the H&E px -> morphology px matrix."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise readers.InputError(f"{path}: cannot read the alignment CSV ({e})") from e
+    if not rows:
+        raise readers.InputError(f"{path}: empty alignment file")
+    header = [c.strip().lower() for c in rows[0]]
+    if all(c in header for c in _KEYPOINT_COLUMNS):
+        return _fit_keypoints(path, header, rows[1:], pixel_size)
+    expected = "a 3x3 affine matrix or keypoints with columns fixedX,fixedY,alignmentX,alignmentY"
+    if not all(_is_number(c) for c in rows[0]):
+        raise readers.InputError(f"{path}: expected {expected}; got header {rows[0]}")
+    m = _floats(path, rows)
+    if m.shape != (3, 3):
+        raise readers.InputError(
+            f"{path}: expected {expected}; got {m.shape[0]}x{m.shape[1]} values"
+        )
+    if not np.allclose(m[2], [0, 0, 1], atol=1e-6):
+        raise readers.InputError(
+            f"{path}: not an affine matrix, last row is {m[2].tolist()} instead of [0, 0, 1]"
+        )
+    _check_invertible(path, m)
+    return Alignment(m, "matrix")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _floats(path: Path, rows: list[list[str]]) -> np.ndarray:
+    if len({len(r) for r in rows}) != 1:
+        raise readers.InputError(f"{path}: rows have different numbers of columns")
+    try:
+        m = np.array([[float(c) for c in r] for r in rows], np.float64)
+    except ValueError as e:
+        raise readers.InputError(f"{path}: non-numeric alignment value ({e})") from e
+    if not np.isfinite(m).all():
+        raise readers.InputError(f"{path}: alignment contains NaN or inf")
+    return m
+
+
+def _check_invertible(path: Path, m: np.ndarray) -> None:
+    a = m[:2, :2]
+    if abs(np.linalg.det(a)) <= 1e-12 * max(np.abs(a).max(), 1e-300) ** 2:
+        raise readers.InputError(
+            f"{path}: singular alignment matrix (det of the linear part "
+            f"is {np.linalg.det(a):.3g}); it cannot be inverted"
+        )
+
+
+def _fit_keypoints(
+    path: Path, header: list[str], rows: list[list[str]], pixel_size: float
+) -> Alignment:
+    cols = [header.index(c) for c in _KEYPOINT_COLUMNS]
+    pts = _floats(path, [[r[i] for i in cols] for r in rows]) if rows else np.zeros((0, 4))
+    fixed_um, he_px = pts[:, :2], pts[:, 2:]
+    if len(pts) < 3:
+        raise readers.InputError(f"{path}: {len(pts)} keypoints; an affine needs at least 3")
+    design = np.c_[he_px, np.ones(len(pts))]
+    s = np.linalg.svd(design - [*he_px.mean(0), 1], compute_uv=False)
+    if s[1] <= 1e-9 * max(s[0], 1e-300):  # all keypoints on one line: the affine is undetermined
+        raise readers.InputError(f"{path}: the {len(pts)} keypoints are collinear in the H&E image")
+    coef, *_ = np.linalg.lstsq(design, fixed_um, rcond=None)  # (3, 2): H&E px -> µm
+    rms = float(np.sqrt(np.mean(np.sum((design @ coef - fixed_um) ** 2, axis=1))))
+    if rms > MAX_KEYPOINT_RMS_UM:
+        raise readers.InputError(
+            f"{path}: keypoints do not fit one affine transform (RMS residual "
+            f"{rms:.1f} µm > {MAX_KEYPOINT_RMS_UM:g} µm); mismatched pairs?"
+        )
+    # µm -> morphology px, so both forms mean the same matrix. Were `fixed` in morphology px
+    # instead, the affine's implied H&E pixel size would be off by 1/pixel_size (~4.7x): the
+    # pixel-size cross-check warns, and the cells fall off the H&E image.
+    m = np.eye(3)
+    m[:2] = coef.T / pixel_size
+    _check_invertible(path, m)
+    return Alignment(m, "keypoints", rms, len(pts))
+
+
+def um_to_he_px(xy_um: np.ndarray, alignment: np.ndarray, pixel_size: float) -> np.ndarray:
+    """Xenium µm -> H&E level-0 px through the inverse of the H&E -> morphology affine."""
+    morph = np.c_[np.asarray(xy_um, np.float64) / pixel_size, np.ones(len(xy_um))]
+    return np.linalg.solve(alignment, morph.T).T[:, :2]
+
+
+def _inside(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    return (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < w) & (xy[:, 1] < h)
+
+
+def _ids(values) -> np.ndarray:
+    """Arrow/HDF5 ids (str, bytes or integers) -> numpy str."""
+    a = np.asarray(values)
+    if a.dtype.kind in "SO" and len(a) and isinstance(a.flat[0], bytes):
+        return np.char.decode(a.astype("S"), "utf-8")
+    return a.astype(str)
+
+
+def read_cells(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(cell ids, centroids in µm) in file order, reading only the three columns needed."""
+    import pyarrow.parquet as pq
+
+    need = ["cell_id", "x_centroid", "y_centroid"]
+    try:
+        schema = pq.read_schema(path)
+        missing = [c for c in need if c not in schema.names]
+        if missing:
+            raise readers.InputError(f"{path}: missing columns {missing} (has {schema.names})")
+        table = pq.read_table(path, columns=need)
+    except readers.InputError:
+        raise
+    except Exception as e:  # pyarrow raises several types on damaged files
+        raise readers.InputError(f"{path}: cannot read as parquet ({type(e).__name__}: {e})") from e
+    ids = _ids(table.column("cell_id").to_numpy(zero_copy_only=False))
+    xy = np.c_[table.column("x_centroid").to_numpy(), table.column("y_centroid").to_numpy()]
+    if len(np.unique(ids)) != len(ids):
+        uniq, n = np.unique(ids, return_counts=True)
+        raise readers.InputError(f"{path}: duplicated cell ids, e.g. {uniq[n > 1][:3].tolist()}")
+    return ids, xy.astype(np.float64)
+
+
+def read_matrix(path: Path) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, int]:
+    """(barcodes, counts CSR (barcodes x genes), gene names, n non-gene features dropped)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise readers.InputError(f"{path}: cannot open as HDF5 ({e})") from e
+    with f:
+        missing = [f"matrix/{k}" for k in _H5_KEYS if f"matrix/{k}" not in f]
+        if missing:
+            raise readers.InputError(f"{path}: not a 10x feature-barcode matrix, missing {missing}")
+        g = f["matrix"]
+        n_features, n_cells = (int(v) for v in g["shape"][:2])
+        barcodes = _ids(g["barcodes"][:])
+        names = _ids(g["features/name"][:])
+        kinds = np.asarray(g["features/feature_type"][:]).astype("S")
+        data, indices, indptr = g["data"][:], g["indices"][:], g["indptr"][:]
+    problems = []
+    if len(names) != n_features or len(kinds) != n_features:
+        problems.append(f"shape says {n_features} features, features/ has {len(names)}")
+    if len(barcodes) != n_cells or len(indptr) != n_cells + 1:
+        problems.append(
+            f"shape says {n_cells} cells, barcodes {len(barcodes)}, indptr {len(indptr)}"
+        )
+    if len(data) != len(indices) or (len(indptr) and indptr[-1] != len(data)):
+        problems.append(f"data {len(data)} / indices {len(indices)} / indptr end disagree")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_features):
+        problems.append("feature indices out of range")
+    if problems:
+        raise readers.InputError(f"{path}: inconsistent matrix: {'; '.join(problems)}")
+    if len(data) and (not np.isfinite(data).all() or data.min() < 0):
+        raise readers.InputError(f"{path}: counts contain negative, NaN or inf values")
+    if len(np.unique(barcodes)) != len(barcodes):
+        raise readers.InputError(f"{path}: duplicated barcodes in matrix/barcodes")
+    # CSC with one column per cell is, read the other way round, CSR with one row per cell.
+    counts = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n_cells, n_features))
+    gex = np.flatnonzero(kinds == GENE_EXPRESSION)
+    if not len(gex):
+        raise readers.InputError(f"{path}: no feature has feature_type 'Gene Expression'")
+    return barcodes, counts[:, gex].tocsr(), names[gex], n_features - len(gex)
+
+
+def _he_pixel_size(
+    he_image: Path, alignment: Alignment, pixel_size: float, override: float
+) -> tuple[float, dict]:
+    """An explicit value wins (as in read_generic), then the OME metadata, then the affine scale."""
+    with readers.WSI(he_image) as wsi:
+        shape, ome = wsi.shape, wsi.pixel_size_um()
+    from_affine = pixel_size * float(np.sqrt(abs(np.linalg.det(alignment.matrix[:2, :2]))))
+    found = {"given": override or None, "ome": ome, "affine": from_affine}
+    chosen = next(v for v in (override, ome, from_affine) if v)
+    for source, v in found.items():
+        if v and abs(np.log(v / chosen)) > np.log1p(PIXEL_SIZE_RTOL):
+            msg = "%s: H&E pixel size %.4f µm (%s) disagrees with the %.4f µm used; is the "
+            msg += "alignment for this image and in the H&E -> morphology direction?"
+            logging.warning(msg, he_image, v, source, chosen)
+    return chosen, {"shape": shape, **{f"he_pixel_size_{k}": v for k, v in found.items()}}
+
+
+def read_xenium(
+    bundle: str | Path,
+    he_image: str | Path,
+    alignment: str | Path,
+    name: str | None = None,
+    he_pixel_size_um: float = 0.0,
+) -> readers.Slide:
+    bundle, he_image, alignment = Path(bundle), Path(he_image), Path(alignment)
+    spec, cells_path, h5_path, *_ = bundle_files(bundle, he_image, alignment)
+    pixel_size = read_pixel_size(spec)
+    align = read_alignment(alignment, pixel_size)
+    he_px, info = _he_pixel_size(he_image, align, pixel_size, he_pixel_size_um)
+    shape = info.pop("shape")
+
+    cell_ids, xy_um = read_cells(cells_path)
+    barcodes, counts, genes, n_other = read_matrix(h5_path)
+    import pandas as pd
+
+    col = pd.Index(barcodes).get_indexer(cell_ids)
+    if (col < 0).any():
+        raise readers.InputError(
+            f"{cells_path}: {int((col < 0).sum())} of {len(cell_ids)} cells have no column in "
+            f"{h5_path.name}, e.g. {cell_ids[col < 0][:3].tolist()}"
+        )
+    unmatched = len(barcodes) - len(col)
+    if unmatched:
+        logging.warning(
+            "%s: %d matrix columns have no row in %s; dropped", h5_path, unmatched, cells_path.name
+        )
+
+    xy = um_to_he_px(xy_um, align.matrix, pixel_size)
+    inside = _inside(xy, shape)
+    if not inside.all():
+        hint = ""
+        if inside.mean() < 0.5:
+            flipped = _inside(
+                (np.c_[xy_um / pixel_size, np.ones(len(xy))] @ align.matrix.T)[:, :2], shape
+            ).mean()
+            hint = "; most cells miss the image: is the alignment for this H&E image"
+            if flipped > 0.5:
+                hint += f", or inverted ({flipped:.0%} would land inside without the inverse)"
+            hint += "?"
+        raise readers.InputError(
+            f"{alignment}: {int((~inside).sum())} of {len(xy)} cells of {cells_path} map outside "
+            f"the {shape[1]}x{shape[0]} px H&E image {he_image.name}{hint}"
+        )
+
+    name = name or (bundle.parent.name if bundle.name == "outs" else bundle.name)
+    slide = readers.make_slide(
+        name, he_image, he_px, shape, xy, counts[col], genes, cell_ids, source=cells_path
+    )
+    slide.dropped_controls += n_other
+    slide.report = dict(
+        morphology_pixel_size_um=pixel_size,
+        alignment=align.kind,
+        keypoints=align.n_keypoints,
+        keypoint_rms_um=align.rms_um,
+        non_gene_features=n_other,
+        matrix_columns_without_cell=unmatched,
+        **info,
+    )
+    return slide
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle")
+    p.add_argument("he_image")
+    p.add_argument("alignment")
+    p.add_argument("--he_pixel_size_um", type=float, default=0.0)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        # The placement is printed before the full read so a bad alignment is still diagnosed.
+        spec, cells_path, _, he_image, alignment = bundle_files(
+            Path(a.bundle), Path(a.he_image), Path(a.alignment)
+        )
+        pixel_size = read_pixel_size(spec)
+        align = read_alignment(alignment, pixel_size)
+        _, xy_um = read_cells(cells_path)
+        with readers.WSI(he_image) as wsi:
+            frac = _inside(um_to_he_px(xy_um, align.matrix, pixel_size), wsi.shape).mean()
+        fit = ""
+        if align.rms_um is not None:
+            fit = f", {align.n_keypoints} keypoints, RMS {align.rms_um:.2f} µm"
+        print(f"alignment ({align.kind}{fit}): H&E level-0 px -> morphology px")
+        print(np.array2string(align.matrix, precision=6, suppress_small=True))
+        print(f"cells inside the H&E: {frac:.1%} of {len(xy_um)}")
+        s = read_xenium(a.bundle, a.he_image, a.alignment, he_pixel_size_um=a.he_pixel_size_um)
+    except (readers.InputError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    r = s.report
+    print(
+        f"{s.name}: {len(s.xy)} cells, {len(s.genes)} genes ({s.dropped_controls} control/other "
+        f"features dropped, {r['matrix_columns_without_cell']} matrix columns without a cell)"
+    )
+    print(
+        f"pixel size: morphology {r['morphology_pixel_size_um']} µm; H&E {s.pixel_size_um:.4f} µm "
+        f"(OME {r['he_pixel_size_ome']}, from affine {r['he_pixel_size_affine']:.4f}); "
+        f"image {s.image_shape[1]}x{s.image_shape[0]} px"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
