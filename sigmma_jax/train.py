@@ -119,10 +119,14 @@ def make_train_step(model: SIGMMA, tx, config, mesh: Mesh, state_shardings):
 # Evaluation
 
 
-def embed_split(model: SIGMMA, params, shard_dir, manifest, split: str, config, mesh) -> dict:
+def make_embed_fn(model: SIGMMA, mesh: Mesh):
+  """Jitted inference returning replicated outputs (readable on every host)."""
+  return jax.jit(lambda p, b: model.apply({"params": p}, b, train=False),
+                 out_shardings=NamedSharding(mesh, P()))
+
+
+def embed_split(apply, params, shard_dir, manifest, split: str, config, mesh) -> dict:
   """Embeddings of every tile of a split: he/st/he_backbone per scale and log1p tile targets."""
-  rep = NamedSharding(mesh, P())
-  apply = jax.jit(lambda p, b: model.apply({"params": p}, b, train=False), out_shardings=rep)
   parts = []
   for batch in input_pipeline.eval_batches(shard_dir, manifest, split, config.eval.batch):
     valid = batch["graph"].globals["valid"]
@@ -139,10 +143,10 @@ def embed_split(model: SIGMMA, params, shard_dir, manifest, split: str, config, 
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
-def evaluate(model: SIGMMA, params, shard_dir, manifest, config, mesh) -> dict:
+def evaluate(apply, params, shard_dir, manifest, config, mesh) -> dict:
   """Task 2 retrieval on test tiles and the Task 1 probe fit on train tiles (METHOD.md §5)."""
-  test = embed_split(model, params, shard_dir, manifest, "test", config, mesh)
-  train = embed_split(model, params, shard_dir, manifest, "train", config, mesh)
+  test = embed_split(apply, params, shard_dir, manifest, "test", config, mesh)
+  train = embed_split(apply, params, shard_dir, manifest, "train", config, mesh)
   key = "he" if config.eval.probe_embedding == "projected" else "he_backbone"
   feats = lambda e: np.concatenate([e[key][s] for s in SCALES], 1)
   probe = evaluation.linear_probe(feats(train), train["targets"], feats(test), test["targets"],
@@ -261,9 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                manifest["budgets"])
   model, state = train(config, workdir, manifest, mesh)
   t0 = time.time()
-  trained = evaluate(model, state.params, shard_dir, manifest, config, mesh)
+  apply = make_embed_fn(model, mesh)
+  trained = evaluate(apply, state.params, shard_dir, manifest, config, mesh)
   init, _ = init_state(model, make_optimizer(config), config, manifest, mesh)
-  untrained = evaluate(model, init.params, shard_dir, manifest, config, mesh)
+  untrained = evaluate(apply, init.params, shard_dir, manifest, config, mesh)
   results = dict(trained=trained, untrained=untrained,
                  n_test_tiles=len(manifest["splits"]["test"]),
                  n_train_tiles=len(manifest["splits"]["train"]),
