@@ -5,7 +5,7 @@ from sigmma_jax import config_base
 
 
 def get_config(arg=None):
-  del arg  # already the demo
-  c = config_base.apply_demo(config_base.base_config())
-  c.data.source = "synthetic"
-  return c
+    del arg  # already the demo
+    c = config_base.apply_demo(config_base.base_config())
+    c.data.source = "synthetic"
+    return c

@@ -17,122 +17,142 @@ from sigmma_jax import hest, readers
 
 
 def _wsi(path: pathlib.Path) -> tuple[bool, str]:
-  try:
-    with readers.WSI(path) as w:
-      ps = w.pixel_size_um()
-      return True, f"{w.shape[1]}x{w.shape[0]} px, {w.n_levels} level(s), pixel size " + (
-          f"{ps:.4f} µm" if ps else "not in the file")
-  except readers.InputError as e:
-    return False, str(e)
+    try:
+        with readers.WSI(path) as w:
+            ps = w.pixel_size_um()
+            return True, f"{w.shape[1]}x{w.shape[0]} px, {w.n_levels} level(s), pixel size " + (
+                f"{ps:.4f} µm" if ps else "not in the file"
+            )
+    except readers.InputError as e:
+        return False, str(e)
 
 
 def _parquet(path: pathlib.Path, need: tuple[str, ...]) -> tuple[bool, str]:
-  import pyarrow.parquet as pq
-  try:
-    meta = pq.ParquetFile(path)
-  except Exception as e:
-    return False, f"unreadable parquet ({type(e).__name__}: {e})"
-  missing = [c for c in need if c not in meta.schema_arrow.names]
-  info = f"{meta.metadata.num_rows:,} rows in {meta.num_row_groups} row group(s)"
-  return (not missing), info + (f"; MISSING columns {missing}" if missing else "")
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path)
+    except Exception as e:
+        return False, f"unreadable parquet ({type(e).__name__}: {e})"
+    missing = [c for c in need if c not in meta.schema_arrow.names]
+    info = f"{meta.metadata.num_rows:,} rows in {meta.num_row_groups} row group(s)"
+    return (not missing), info + (f"; MISSING columns {missing}" if missing else "")
 
 
 def check_hest(root: pathlib.Path) -> bool:
-  ids = sorted({p.stem for p in (root / "wsis").glob("*.tif")} |
-               {p.name.removesuffix("_transcripts.parquet")
-                for p in (root / "transcripts").glob("*_transcripts.parquet")})
-  if not ids:
-    print(f"{root}: no wsis/*.tif or transcripts/*_transcripts.parquet: not a HEST folder")
-    return False
-  all_ok = True
-  for sid in ids:
-    p = hest.sample_paths(root, sid)
-    lines, ok = [], True
-    for key in ("wsi", "metadata", "transcripts", "cell_seg"):
-      if not p[key].exists():
-        required = key != "cell_seg"
-        ok &= not required
-        lines.append(f"  {key:12s} {'MISSING' if required else 'absent'}: {p[key]}"
-                     + ("" if required else " (centroids from transcript positions)"))
-        continue
-      if key == "wsi":
-        good, info = _wsi(p[key])
-      elif key == "metadata":
-        ps = json.loads(p[key].read_text()).get("pixel_size_um_estimated")
-        good, info = bool(ps), f"pixel_size_um_estimated = {ps}" if ps else "NO pixel size"
-      elif key == "transcripts":
-        good, info = _parquet(p[key], ("cell_id", "feature_name", "qv", "he_x", "he_y"))
-      else:
-        good, info = _parquet(p[key], ("geometry",))
-      ok &= good
-      lines.append(f"  {key:12s} {'ok' if good else 'BAD'}: {info}")
-    print(f"{sid}: {'usable' if ok else 'NOT usable'}")
-    print("\n".join(lines))
-    all_ok &= ok
-  usable = [s for s in ids if all(hest.sample_paths(root, s)[k].exists()
-                                  for k in ("wsi", "metadata", "transcripts"))]
-  if usable:
-    print(f"\nrun: python -m sigmma_jax.main --config=configs/default.py --config.data.source=hest "
-          f"--config.data.hest_dir={root} --config.data.sample_ids='{tuple(usable)}' --workdir=W")
-  return all_ok
+    ids = sorted(
+        {p.stem for p in (root / "wsis").glob("*.tif")}
+        | {
+            p.name.removesuffix("_transcripts.parquet")
+            for p in (root / "transcripts").glob("*_transcripts.parquet")
+        }
+    )
+    if not ids:
+        print(f"{root}: no wsis/*.tif or transcripts/*_transcripts.parquet: not a HEST folder")
+        return False
+    all_ok = True
+    for sid in ids:
+        p = hest.sample_paths(root, sid)
+        lines, ok = [], True
+        for key in ("wsi", "metadata", "transcripts", "cell_seg"):
+            if not p[key].exists():
+                required = key != "cell_seg"
+                ok &= not required
+                lines.append(
+                    f"  {key:12s} {'MISSING' if required else 'absent'}: {p[key]}"
+                    + ("" if required else " (centroids from transcript positions)")
+                )
+                continue
+            if key == "wsi":
+                good, info = _wsi(p[key])
+            elif key == "metadata":
+                ps = json.loads(p[key].read_text()).get("pixel_size_um_estimated")
+                good, info = bool(ps), f"pixel_size_um_estimated = {ps}" if ps else "NO pixel size"
+            elif key == "transcripts":
+                good, info = _parquet(p[key], ("cell_id", "feature_name", "qv", "he_x", "he_y"))
+            else:
+                good, info = _parquet(p[key], ("geometry",))
+            ok &= good
+            lines.append(f"  {key:12s} {'ok' if good else 'BAD'}: {info}")
+        print(f"{sid}: {'usable' if ok else 'NOT usable'}")
+        print("\n".join(lines))
+        all_ok &= ok
+    usable = [
+        s
+        for s in ids
+        if all(hest.sample_paths(root, s)[k].exists() for k in ("wsi", "metadata", "transcripts"))
+    ]
+    if usable:
+        print(
+            f"\nrun: python -m sigmma_jax.main --config=configs/default.py --config.data.source=hest "
+            f"--config.data.hest_dir={root} --config.data.sample_ids='{tuple(usable)}' --workdir=W"
+        )
+    return all_ok
 
 
 def check_xenium(root: pathlib.Path) -> bool:
-  ok = True
-  exp = json.loads((root / "experiment.xenium").read_text())
-  print(f"{root}: Xenium output, pixel_size = {exp.get('pixel_size')} µm/px, "
-        f"panel {exp.get('panel_name', '?')}")
-  ok &= bool(exp.get("pixel_size"))
-  for name, need in (("cells.parquet", ("cell_id", "x_centroid", "y_centroid")),):
-    good, info = _parquet(root / name, need) if (root / name).exists() else (False, "MISSING")
-    ok &= good
-    print(f"  {name}: {info}")
-  h5 = root / "cell_feature_matrix.h5"
-  if h5.exists():
-    import h5py
-    with h5py.File(h5, "r") as f:
-      print(f"  cell_feature_matrix.h5: {tuple(f['matrix/shape'][()])} (features x cells)")
-  else:
-    ok = False
-    print("  cell_feature_matrix.h5: MISSING")
-  images = sorted(root.glob("*.ome.tif")) + sorted(root.glob("*he*.tif"))
-  aligns = sorted(root.glob("*alignment*.csv")) + sorted(root.glob("*keypoints*.csv"))
-  print(f"  H&E images here: {[p.name for p in images] or 'none (pass --config.data.wsi)'}")
-  print(f"  alignment files here: {[p.name for p in aligns] or 'none (pass --config.data.alignment)'}")
-  return ok
+    ok = True
+    exp = json.loads((root / "experiment.xenium").read_text())
+    print(
+        f"{root}: Xenium output, pixel_size = {exp.get('pixel_size')} µm/px, "
+        f"panel {exp.get('panel_name', '?')}"
+    )
+    ok &= bool(exp.get("pixel_size"))
+    for name, need in (("cells.parquet", ("cell_id", "x_centroid", "y_centroid")),):
+        good, info = _parquet(root / name, need) if (root / name).exists() else (False, "MISSING")
+        ok &= good
+        print(f"  {name}: {info}")
+    h5 = root / "cell_feature_matrix.h5"
+    if h5.exists():
+        import h5py
+
+        with h5py.File(h5, "r") as f:
+            print(f"  cell_feature_matrix.h5: {tuple(f['matrix/shape'][()])} (features x cells)")
+    else:
+        ok = False
+        print("  cell_feature_matrix.h5: MISSING")
+    images = sorted(root.glob("*.ome.tif")) + sorted(root.glob("*he*.tif"))
+    aligns = sorted(root.glob("*alignment*.csv")) + sorted(root.glob("*keypoints*.csv"))
+    print(f"  H&E images here: {[p.name for p in images] or 'none (pass --config.data.wsi)'}")
+    print(
+        f"  alignment files here: {[p.name for p in aligns] or 'none (pass --config.data.alignment)'}"
+    )
+    return ok
 
 
 def check_generic(cells: pathlib.Path, wsi: pathlib.Path) -> bool:
-  try:
-    s = readers.read_generic(cells, wsi)
-  except readers.InputError as e:
-    print(f"NOT usable: {e}")
-    return False
-  print(f"{cells.name}: {len(s.xy):,} cells x {len(s.genes)} genes ({s.dropped_controls} control "
+    try:
+        s = readers.read_generic(cells, wsi)
+    except readers.InputError as e:
+        print(f"NOT usable: {e}")
+        return False
+    print(
+        f"{cells.name}: {len(s.xy):,} cells x {len(s.genes)} genes ({s.dropped_controls} control "
         f"probes dropped); {wsi.name}: {s.image_shape[1]}x{s.image_shape[0]} px at "
-        f"{s.pixel_size_um:.4f} µm/px: usable")
-  return True
+        f"{s.pixel_size_um:.4f} µm/px: usable"
+    )
+    return True
 
 
 def main(argv: list[str]) -> int:
-  if not argv:
-    print(__doc__)
-    return 2
-  path = pathlib.Path(argv[0])
-  if not path.exists():
-    print(f"{path}: does not exist")
-    return 1
-  if path.suffix == ".h5ad":
-    if len(argv) < 2:
-      print("the generic format needs the H&E TIFF too: check_data CELLS.h5ad HE.tif")
-      return 2
-    ok = check_generic(path, pathlib.Path(argv[1]))
-  elif (path / "experiment.xenium").exists():
-    ok = check_xenium(path)
-  else:
-    ok = check_hest(path)
-  return 0 if ok else 1
+    if not argv:
+        print(__doc__)
+        return 2
+    path = pathlib.Path(argv[0])
+    if not path.exists():
+        print(f"{path}: does not exist")
+        return 1
+    if path.suffix == ".h5ad":
+        if len(argv) < 2:
+            print("the generic format needs the H&E TIFF too: check_data CELLS.h5ad HE.tif")
+            return 2
+        ok = check_generic(path, pathlib.Path(argv[1]))
+    elif (path / "experiment.xenium").exists():
+        ok = check_xenium(path)
+    else:
+        ok = check_hest(path)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

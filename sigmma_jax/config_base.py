@@ -10,100 +10,139 @@ import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+    c = ml_collections.ConfigDict()
+    c.seed = 0
 
-  # --- data: readers -> tiles and graphs -> shards (METHOD.md §1, §3) -------------------------------
-  c.data = d = ml_collections.ConfigDict()
-  d.source = "generic"          # "synthetic" | "generic" | "hest" | "xenium"
-  d.cells = ""                  # generic: .h5ad of cells (raw counts, obsm['spatial'] in level-0 px)
-  d.wsi = ""                    # generic: (pyramidal) TIFF of the H&E
-  d.pixel_size_um = 0.0         # 0: read from the OME/TIFF metadata
-  d.hest_dir = ""
-  d.sample_ids = ()
-  d.min_qv = 20.0               # HEST transcripts below this Phred quality are not counted
-  d.xenium_dir = ""             # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
-  d.alignment = ""              # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
-  d.synthetic = ml_collections.ConfigDict(dict(seed=0, size_um=2560.0, pixel_size_um=0.2737,
-                                               n_genes=120, cell_density=1.0))
-  d.shard_dir = ""              # "" -> <workdir>/shards
-  d.target_mpp = 0.5            # µm per pixel of the tiles (20x)
-  d.tile_px = 256
-  d.min_cells = 8               # tiles with fewer cells are dropped
-  d.min_tissue = 0.25           # tiles with a smaller tissue fraction are dropped
-  d.node_budget = 256           # cells per tile after padding; tiles above it follow `overflow`
-  d.overflow = "subsample"      # "subsample" (seeded, counted) | "drop" (counted)
-  d.graph = "knn"               # "knn" | "radius" | "delaunay", restricted to micro blocks
-  d.knn_k = 6
-  d.radius_px = 30.0
-  d.chunk_rows = 4              # tile rows per shard chunk: the unit of resume and of parallel work
-  d.workers = 2                 # preprocessing processes
-  # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
-  # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
-  d.split = ml_collections.ConfigDict(dict(by="auto", fold=0, block_tiles=4, test_fraction=0.2,
-                                           val_fraction=0.0, seed=0))
-  d.augment = True              # dihedral flips/rotations of image and cells together
-  d.loader_workers = 0          # Grain worker processes (0: in the main process)
-  d.prefetch = 2
+    # --- data: readers -> tiles and graphs -> shards (METHOD.md §1, §3) -------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "generic"  # "synthetic" | "generic" | "hest" | "xenium"
+    d.cells = ""  # generic: .h5ad of cells (raw counts, obsm['spatial'] in level-0 px)
+    d.wsi = ""  # generic: (pyramidal) TIFF of the H&E
+    d.pixel_size_um = 0.0  # 0: read from the OME/TIFF metadata
+    d.hest_dir = ""
+    d.sample_ids = ()
+    d.min_qv = 20.0  # HEST transcripts below this Phred quality are not counted
+    d.xenium_dir = ""  # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
+    d.alignment = ""  # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
+    d.synthetic = ml_collections.ConfigDict(
+        dict(seed=0, size_um=2560.0, pixel_size_um=0.2737, n_genes=120, cell_density=1.0)
+    )
+    d.shard_dir = ""  # "" -> <workdir>/shards
+    d.target_mpp = 0.5  # µm per pixel of the tiles (20x)
+    d.tile_px = 256
+    d.min_cells = 8  # tiles with fewer cells are dropped
+    d.min_tissue = 0.25  # tiles with a smaller tissue fraction are dropped
+    d.node_budget = 256  # cells per tile after padding; tiles above it follow `overflow`
+    d.overflow = "subsample"  # "subsample" (seeded, counted) | "drop" (counted)
+    d.graph = "knn"  # "knn" | "radius" | "delaunay", restricted to micro blocks
+    d.knn_k = 6
+    d.radius_px = 30.0
+    d.chunk_rows = 4  # tile rows per shard chunk: the unit of resume and of parallel work
+    d.workers = 2  # preprocessing processes
+    # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
+    # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
+    d.split = ml_collections.ConfigDict(
+        dict(by="auto", fold=0, block_tiles=4, test_fraction=0.2, val_fraction=0.0, seed=0)
+    )
+    d.augment = True  # dihedral flips/rotations of image and cells together
+    d.loader_workers = 0  # Grain worker processes (0: in the main process)
+    d.prefetch = 2
 
-  # --- model (METHOD.md §2, §3) -------------------------------------------------------------------
-  c.model = m = ml_collections.ConfigDict()
-  m.embed_dim = 256             # shared latent dim
-  m.head_dropout = 0.1
-  m.vit = ml_collections.ConfigDict(dict(
-      img_size=224, patch_size=16, width=1024, depth=24, num_heads=16, mlp_ratio=4.0,
-      init_values=1e-5, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
-  m.backbone_weights = ""       # converted UNI directory; "" -> random init
-  m.backbone_mode = "full"      # "frozen" | "full"
-  m.remat = False
-  m.dtype = "bfloat16"          # compute dtype of the HE encoder; params stay float32
-  m.st = ml_collections.ConfigDict(dict(
-      hidden=256, layers_per_scale=1, target_sum=100.0, edge_hidden=32,
-      edge_sampling="gumbel",   # "gumbel" | "full" (ablation: fully connect each block) | "none"
-      gumbel_tau=0.5, straight_through=True, eval_edges="expectation"))  # or "threshold"
-  m.temperature_init = 0.07
-  m.learn_temperature = True
-  m.temperature_min = 0.01
+    # --- model (METHOD.md §2, §3) -------------------------------------------------------------------
+    c.model = m = ml_collections.ConfigDict()
+    m.embed_dim = 256  # shared latent dim
+    m.head_dropout = 0.1
+    m.vit = ml_collections.ConfigDict(
+        dict(
+            img_size=224,
+            patch_size=16,
+            width=1024,
+            depth=24,
+            num_heads=16,
+            mlp_ratio=4.0,
+            init_values=1e-5,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        )
+    )
+    m.backbone_weights = ""  # converted UNI directory; "" -> random init
+    m.backbone_mode = "full"  # "frozen" | "full"
+    m.remat = False
+    m.dtype = "bfloat16"  # compute dtype of the HE encoder; params stay float32
+    m.st = ml_collections.ConfigDict(
+        dict(
+            hidden=256,
+            layers_per_scale=1,
+            target_sum=100.0,
+            edge_hidden=32,
+            edge_sampling="gumbel",  # "gumbel" | "full" (ablation: fully connect each block) | "none"
+            gumbel_tau=0.5,
+            straight_through=True,
+            eval_edges="expectation",
+        )
+    )  # or "threshold"
+    m.temperature_init = 0.07
+    m.learn_temperature = True
+    m.temperature_min = 0.01
 
-  # --- optimisation --------------------------------------------------------------------------------
-  c.train = t = ml_collections.ConfigDict()
-  t.global_batch = 64
-  t.steps = 20_000
-  t.warmup_steps = 500
-  t.lr = 1e-4
-  t.backbone_lr_mult = 0.1
-  t.weight_decay = 0.05
-  t.grad_clip = 1.0
-  t.log_every = 50
-  t.checkpoint_every = 1000
-  t.keep_checkpoints = 3
-  t.scale_weights = (1.0, 1.0, 1.0)   # micro, meso, macro; (0, 0, 1) is the single-scale ablation
+    # --- optimisation --------------------------------------------------------------------------------
+    c.train = t = ml_collections.ConfigDict()
+    t.global_batch = 64
+    t.steps = 20_000
+    t.warmup_steps = 500
+    t.lr = 1e-4
+    t.backbone_lr_mult = 0.1
+    t.weight_decay = 0.05
+    t.grad_clip = 1.0
+    t.log_every = 50
+    t.checkpoint_every = 1000
+    t.keep_checkpoints = 3
+    t.scale_weights = (1.0, 1.0, 1.0)  # micro, meso, macro; (0, 0, 1) is the single-scale ablation
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device on the data axis
+    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device on the data axis
 
-  c.eval = e = ml_collections.ConfigDict()
-  e.batch = 64
-  e.pca_components = 256
-  e.n_genes = 50
-  e.probe_embedding = "projected"  # "projected" (three scales, concatenated) | "backbone"
-  return c
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch = 64
+    e.pca_components = 256
+    e.n_genes = 50
+    e.probe_embedding = "projected"  # "projected" (three scales, concatenated) | "backbone"
+    return c
 
 
 def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks model and schedule to minutes on two CPU cores; data settings are left alone."""
-  c.model.vit.update(dict(img_size=32, patch_size=8, width=96, depth=3, num_heads=4, mlp_ratio=2.0,
-                          init_values=0.1))
-  c.model.embed_dim = 64
-  c.model.dtype = "float32"     # bfloat16 is slower than float32 on CPUs
-  c.model.st.update(dict(hidden=64, edge_hidden=16))
-  c.data.node_budget = 160
-  c.data.workers = 2
-  c.train.update(dict(global_batch=32, steps=400, warmup_steps=40, lr=2e-3, backbone_lr_mult=1.0,
-                      weight_decay=1e-4, log_every=20, checkpoint_every=200))
-  c.eval.batch = 64
-  return c
+    """Shrinks model and schedule to minutes on two CPU cores; data settings are left alone."""
+    c.model.vit.update(
+        dict(
+            img_size=32,
+            patch_size=8,
+            width=96,
+            depth=3,
+            num_heads=4,
+            mlp_ratio=2.0,
+            init_values=0.1,
+        )
+    )
+    c.model.embed_dim = 64
+    c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
+    c.model.st.update(dict(hidden=64, edge_hidden=16))
+    c.data.node_budget = 160
+    c.data.workers = 2
+    c.train.update(
+        dict(
+            global_batch=32,
+            steps=400,
+            warmup_steps=40,
+            lr=2e-3,
+            backbone_lr_mult=1.0,
+            weight_decay=1e-4,
+            log_every=20,
+            checkpoint_every=200,
+        )
+    )
+    c.eval.batch = 64
+    return c
 
 
 def parse_arg(arg: str | None) -> set[str]:
-  """`--config=configs/x.py:demo,foo` -> {"demo", "foo"}."""
-  return {a for a in (arg or "").split(",") if a}
+    """`--config=configs/x.py:demo,foo` -> {"demo", "foo"}."""
+    return {a for a in (arg or "").split(",") if a}

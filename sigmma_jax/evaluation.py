@@ -163,8 +163,14 @@ def linear_probe(
     z_te = pca.transform(scaler.transform(test_x))
 
     alpha = 100.0 / (z_tr.shape[1] * y_tr.shape[1])
-    ridge = Ridge(alpha=alpha, solver="lsqr", fit_intercept=fit_intercept,
-                  max_iter=_RIDGE_MAX_ITER, tol=_RIDGE_TOL, random_state=seed)
+    ridge = Ridge(
+        alpha=alpha,
+        solver="lsqr",
+        fit_intercept=fit_intercept,
+        max_iter=_RIDGE_MAX_ITER,
+        tol=_RIDGE_TOL,
+        random_state=seed,
+    )
     pred = ridge.fit(z_tr, y_tr).predict(z_te)
 
     pcc_tile = _rowwise_pearson(pred, y_te)
@@ -201,7 +207,7 @@ def knn_expression(
     k = min(k, train_n.shape[0])
     out = np.empty((query_n.shape[0], train_y.shape[1]))
     for start in range(0, query_n.shape[0], chunk):
-        sim = query_n[start:start + chunk] @ train_n.T
+        sim = query_n[start : start + chunk] @ train_n.T
         nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        out[start:start + chunk] = train_y[nearest].mean(axis=1)
+        out[start : start + chunk] = train_y[nearest].mean(axis=1)
     return out

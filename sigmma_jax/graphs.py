@@ -13,64 +13,65 @@ MICRO_PER_SIDE = 4
 
 
 def micro_blocks(xy: np.ndarray, tile_px: int) -> np.ndarray:
-  """(n, 2) int8 micro block (bx, by) of each cell, from tile-pixel coordinates."""
-  b = np.floor(np.asarray(xy) / (tile_px / MICRO_PER_SIDE)).astype(np.int64)
-  return np.clip(b, 0, MICRO_PER_SIDE - 1).astype(np.int8)
+    """(n, 2) int8 micro block (bx, by) of each cell, from tile-pixel coordinates."""
+    b = np.floor(np.asarray(xy) / (tile_px / MICRO_PER_SIDE)).astype(np.int64)
+    return np.clip(b, 0, MICRO_PER_SIDE - 1).astype(np.int8)
 
 
 def block_ids(blocks: np.ndarray, per_side: int) -> np.ndarray:
-  """Block id at a scale with `per_side` blocks per side (4 micro, 2 meso, 1 macro)."""
-  b = np.asarray(blocks).astype(np.int32) // (MICRO_PER_SIDE // per_side)
-  return b[..., 1] * per_side + b[..., 0]
+    """Block id at a scale with `per_side` blocks per side (4 micro, 2 meso, 1 macro)."""
+    b = np.asarray(blocks).astype(np.int32) // (MICRO_PER_SIDE // per_side)
+    return b[..., 1] * per_side + b[..., 0]
 
 
 def _within(xy: np.ndarray, method: str, k: int, radius: float) -> np.ndarray:
-  """Directed (i, j) pairs among the points of one block."""
-  n = len(xy)
-  if n < 2:
-    return np.zeros((0, 2), np.int64)
-  if method == "knn":
-    kk = min(k, n - 1)
-    # k+1 because every point is its own nearest neighbour.
-    _, nbr = scipy.spatial.cKDTree(xy).query(xy, k=kk + 1)
-    src = np.repeat(np.arange(n), kk + 1)
-    pairs = np.stack([src, nbr.reshape(-1)], 1)
-  elif method == "radius":
-    pairs = scipy.spatial.cKDTree(xy).query_pairs(radius, output_type="ndarray")
-  elif method == "delaunay":
-    if n < 4:  # Delaunay needs 3 points not on a line; a tiny block is fully connected instead
-      i, j = np.triu_indices(n, 1)
-      pairs = np.stack([i, j], 1)
+    """Directed (i, j) pairs among the points of one block."""
+    n = len(xy)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    if method == "knn":
+        kk = min(k, n - 1)
+        # k+1 because every point is its own nearest neighbour.
+        _, nbr = scipy.spatial.cKDTree(xy).query(xy, k=kk + 1)
+        src = np.repeat(np.arange(n), kk + 1)
+        pairs = np.stack([src, nbr.reshape(-1)], 1)
+    elif method == "radius":
+        pairs = scipy.spatial.cKDTree(xy).query_pairs(radius, output_type="ndarray")
+    elif method == "delaunay":
+        if n < 4:  # Delaunay needs 3 points not on a line; a tiny block is fully connected instead
+            i, j = np.triu_indices(n, 1)
+            pairs = np.stack([i, j], 1)
+        else:
+            try:
+                tri = scipy.spatial.Delaunay(xy)
+            except scipy.spatial.QhullError:  # collinear points
+                i, j = np.triu_indices(n, 1)
+                return np.stack([i, j], 1)
+            s = tri.simplices
+            pairs = np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]])
     else:
-      try:
-        tri = scipy.spatial.Delaunay(xy)
-      except scipy.spatial.QhullError:  # collinear points
-        i, j = np.triu_indices(n, 1)
-        return np.stack([i, j], 1)
-      s = tri.simplices
-      pairs = np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]])
-  else:
-    raise ValueError(f"unknown graph method {method!r}; use knn, radius or delaunay")
-  return pairs
+        raise ValueError(f"unknown graph method {method!r}; use knn, radius or delaunay")
+    return pairs
 
 
-def build_micro_graph(xy: np.ndarray, blocks: np.ndarray, method: str = "knn", k: int = 6,
-                      radius: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
-  """Symmetric edges (senders, receivers), no self loops, both ends in the same micro block.
+def build_micro_graph(
+    xy: np.ndarray, blocks: np.ndarray, method: str = "knn", k: int = 6, radius: float = 30.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric edges (senders, receivers), no self loops, both ends in the same micro block.
 
-  kNN is computed inside each block, i.e. a cell's k neighbours are its k nearest cells of its own
-  block (squidpy's generic kNN applied per block), then the graph is symmetrised.
-  """
-  ids = block_ids(blocks, MICRO_PER_SIDE)
-  all_pairs = []
-  for b in np.unique(ids):
-    members = np.flatnonzero(ids == b)
-    pairs = _within(np.asarray(xy, np.float64)[members], method, k, radius)
-    all_pairs.append(members[pairs])
-  if not all_pairs:
-    return np.zeros(0, np.int32), np.zeros(0, np.int32)
-  pairs = np.concatenate(all_pairs)
-  pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-  pairs = np.concatenate([pairs, pairs[:, ::-1]])
-  pairs = np.unique(pairs, axis=0)
-  return pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32)
+    kNN is computed inside each block, i.e. a cell's k neighbours are its k nearest cells of its own
+    block (squidpy's generic kNN applied per block), then the graph is symmetrised.
+    """
+    ids = block_ids(blocks, MICRO_PER_SIDE)
+    all_pairs = []
+    for b in np.unique(ids):
+        members = np.flatnonzero(ids == b)
+        pairs = _within(np.asarray(xy, np.float64)[members], method, k, radius)
+        all_pairs.append(members[pairs])
+    if not all_pairs:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    pairs = np.concatenate(all_pairs)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs = np.concatenate([pairs, pairs[:, ::-1]])
+    pairs = np.unique(pairs, axis=0)
+    return pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32)

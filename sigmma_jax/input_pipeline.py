@@ -15,161 +15,195 @@ import grain
 import jax
 import jraph
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sigmma_jax import graphs, records
 
 
 class ShardSource(grain.sources.RandomAccessDataSource):
-  """One split of a shard set: the manifest's record indices into the concatenated shards."""
+    """One split of a shard set: the manifest's record indices into the concatenated shards."""
 
-  def __init__(self, shard_dir: str | pathlib.Path, manifest: dict, split: str):
-    self._dir = pathlib.Path(shard_dir)
-    self._paths = [str(self._dir / s) for s in manifest["shards"]]
-    self._indices = list(manifest["splits"][split])
-    self._split = split
-    self._source = None
+    def __init__(self, shard_dir: str | pathlib.Path, manifest: dict, split: str):
+        self._dir = pathlib.Path(shard_dir)
+        self._paths = [str(self._dir / s) for s in manifest["shards"]]
+        self._indices = list(manifest["splits"][split])
+        self._split = split
+        self._source = None
 
-  def __len__(self) -> int:
-    return len(self._indices)
+    def __len__(self) -> int:
+        return len(self._indices)
 
-  def __getitem__(self, i: int) -> bytes:
-    if self._source is None:  # opened lazily so the object pickles cheaply into workers
-      self._source = grain.sources.ArrayRecordDataSource(self._paths)
-    return self._source[self._indices[i]]
+    def __getitem__(self, i: int) -> bytes:
+        if self._source is None:  # opened lazily so the object pickles cheaply into workers
+            self._source = grain.sources.ArrayRecordDataSource(self._paths)
+        return self._source[self._indices[i]]
 
-  def __getstate__(self):
-    return dict(self.__dict__, _source=None)
+    def __getstate__(self):
+        return dict(self.__dict__, _source=None)
 
-  def __repr__(self) -> str:  # stable: Grain compares it when restoring iterator state
-    return f"ShardSource({self._dir}, split={self._split}, n={len(self)})"
+    def __repr__(self) -> str:  # stable: Grain compares it when restoring iterator state
+        return f"ShardSource({self._dir}, split={self._split}, n={len(self)})"
 
 
 def augment(tile: dict, rng: np.random.Generator) -> dict:
-  """One of the 8 dihedral transforms, applied to pixels, cell coordinates and blocks together.
+    """One of the 8 dihedral transforms, applied to pixels, cell coordinates and blocks together.
 
-  With pixel p covering [p, p+1), mirroring maps x to m - x and pixel p to m-1-p; blocks are
-  mirrored as integers rather than recomputed so a cell on a block border never changes block
-  (its edges were built inside that block).
-  """
-  m = tile["image"].shape[0]
-  nb = graphs.MICRO_PER_SIDE - 1
-  image, xy, blocks = tile["image"], tile["xy"].copy(), tile["blocks"].copy()
-  k = int(rng.integers(8))
-  if k & 1:  # transpose
-    image, xy, blocks = image.transpose(1, 0, 2), xy[:, ::-1].copy(), blocks[:, ::-1].copy()
-  if k & 2:  # mirror x
-    image, xy[:, 0], blocks[:, 0] = image[:, ::-1], m - xy[:, 0], nb - blocks[:, 0]
-  if k & 4:  # mirror y
-    image, xy[:, 1], blocks[:, 1] = image[::-1], m - xy[:, 1], nb - blocks[:, 1]
-  return dict(tile, image=np.ascontiguousarray(image), xy=xy, blocks=blocks)
+    With pixel p covering [p, p+1), mirroring maps x to m - x and pixel p to m-1-p; blocks are
+    mirrored as integers rather than recomputed so a cell on a block border never changes block
+    (its edges were built inside that block).
+    """
+    m = tile["image"].shape[0]
+    nb = graphs.MICRO_PER_SIDE - 1
+    image, xy, blocks = tile["image"], tile["xy"].copy(), tile["blocks"].copy()
+    k = int(rng.integers(8))
+    if k & 1:  # transpose
+        image, xy, blocks = image.transpose(1, 0, 2), xy[:, ::-1].copy(), blocks[:, ::-1].copy()
+    if k & 2:  # mirror x
+        image, xy[:, 0], blocks[:, 0] = image[:, ::-1], m - xy[:, 0], nb - blocks[:, 0]
+    if k & 4:  # mirror y
+        image, xy[:, 1], blocks[:, 1] = image[::-1], m - xy[:, 1], nb - blocks[:, 1]
+    return dict(tile, image=np.ascontiguousarray(image), xy=xy, blocks=blocks)
 
 
 def pad_tile(tile: dict, nodes: int, edges: int) -> dict:
-  """Fixed-size arrays for one tile; padded edges are self loops on node 0 with mask False."""
-  n, e = len(tile["xy"]), len(tile["senders"])
-  if n > nodes or e > edges:
-    raise ValueError(f"tile {tile['meta']} has {n} cells / {e} edges, over the budget "
-                     f"{nodes} / {edges} recorded in the manifest")
+    """Fixed-size arrays for one tile; padded edges are self loops on node 0 with mask False."""
+    n, e = len(tile["xy"]), len(tile["senders"])
+    if n > nodes or e > edges:
+        raise ValueError(
+            f"tile {tile['meta']} has {n} cells / {e} edges, over the budget "
+            f"{nodes} / {edges} recorded in the manifest"
+        )
 
-  def pad(x, size):
-    out = np.zeros((size,) + x.shape[1:], x.dtype)
-    out[:len(x)] = x
-    return out
+    def pad(x, size):
+        out = np.zeros((size,) + x.shape[1:], x.dtype)
+        out[: len(x)] = x
+        return out
 
-  return dict(
-      image=tile["image"], tile_counts=tile["tile_counts"],
-      counts=pad(tile["counts"], nodes), xy=pad(tile["xy"], nodes),
-      blocks=pad(tile["blocks"].astype(np.int32), nodes), node_mask=np.arange(nodes) < n,
-      senders=pad(tile["senders"], edges), receivers=pad(tile["receivers"], edges),
-      edge_mask=np.arange(edges) < e, valid=np.bool_(True))
+    return dict(
+        image=tile["image"],
+        tile_counts=tile["tile_counts"],
+        counts=pad(tile["counts"], nodes),
+        xy=pad(tile["xy"], nodes),
+        blocks=pad(tile["blocks"].astype(np.int32), nodes),
+        node_mask=np.arange(nodes) < n,
+        senders=pad(tile["senders"], edges),
+        receivers=pad(tile["receivers"], edges),
+        edge_mask=np.arange(edges) < e,
+        valid=np.bool_(True),
+    )
 
 
 def empty_tile(like: dict) -> dict:
-  """A padded tile of zeros marked invalid: fills the last evaluation batch."""
-  out = {k: np.zeros_like(v) for k, v in like.items()}
-  out["valid"] = np.bool_(False)
-  return out
+    """A padded tile of zeros marked invalid: fills the last evaluation batch."""
+    out = {k: np.zeros_like(v) for k, v in like.items()}
+    out["valid"] = np.bool_(False)
+    return out
 
 
 def zeros_batch(manifest: dict, batch: int) -> dict[str, Any]:
-  """A batch of empty tiles with the manifest's shapes: for initialisation and shape inference."""
-  g, m = len(manifest["genes"]), manifest["settings"]["tile_px"]
-  none = dict(image=np.zeros((m, m, 3), np.uint8), xy=np.zeros((0, 2), np.float32),
-              blocks=np.zeros((0, 2), np.int8), counts=np.zeros((0, g), np.float32),
-              senders=np.zeros(0, np.int32), receivers=np.zeros(0, np.int32),
-              tile_counts=np.zeros(g, np.float32), meta={})
-  tile = empty_tile(pad_tile(none, manifest["budgets"]["nodes"], manifest["budgets"]["edges"]))
-  return collate([tile] * batch)
+    """A batch of empty tiles with the manifest's shapes: for initialisation and shape inference."""
+    g, m = len(manifest["genes"]), manifest["settings"]["tile_px"]
+    none = dict(
+        image=np.zeros((m, m, 3), np.uint8),
+        xy=np.zeros((0, 2), np.float32),
+        blocks=np.zeros((0, 2), np.int8),
+        counts=np.zeros((0, g), np.float32),
+        senders=np.zeros(0, np.int32),
+        receivers=np.zeros(0, np.int32),
+        tile_counts=np.zeros(g, np.float32),
+        meta={},
+    )
+    tile = empty_tile(pad_tile(none, manifest["budgets"]["nodes"], manifest["budgets"]["edges"]))
+    return collate([tile] * batch)
 
 
 def collate(tiles: list[dict], node_offset: int = 0) -> dict[str, Any]:
-  """Stacks padded tiles into {'image': (B, m, m, 3), 'graph': GraphsTuple with B graphs}.
+    """Stacks padded tiles into {'image': (B, m, m, 3), 'graph': GraphsTuple with B graphs}.
 
-  `node_offset` is where this host's first node sits in the global batch, so that senders and
-  receivers index the global node array, as in any jraph batch.
-  """
-  b = len(tiles)
-  nodes, edges = len(tiles[0]["xy"]), len(tiles[0]["senders"])
-  cat = lambda k: np.concatenate([t[k] for t in tiles])
-  offsets = node_offset + np.repeat(np.arange(b, dtype=np.int32) * nodes, edges)
-  graph = jraph.GraphsTuple(
-      nodes=dict(counts=cat("counts"), xy=cat("xy"), blocks=cat("blocks"), mask=cat("node_mask")),
-      edges=dict(mask=cat("edge_mask")),
-      senders=cat("senders") + offsets, receivers=cat("receivers") + offsets,
-      n_node=np.full(b, nodes, np.int32), n_edge=np.full(b, edges, np.int32),
-      globals=dict(tile_counts=np.stack([t["tile_counts"] for t in tiles]),
-                   valid=np.stack([t["valid"] for t in tiles])))
-  return dict(image=np.stack([t["image"] for t in tiles]), graph=graph)
+    `node_offset` is where this host's first node sits in the global batch, so that senders and
+    receivers index the global node array, as in any jraph batch.
+    """
+    b = len(tiles)
+    nodes, edges = len(tiles[0]["xy"]), len(tiles[0]["senders"])
+    cat = lambda k: np.concatenate([t[k] for t in tiles])
+    offsets = node_offset + np.repeat(np.arange(b, dtype=np.int32) * nodes, edges)
+    graph = jraph.GraphsTuple(
+        nodes=dict(counts=cat("counts"), xy=cat("xy"), blocks=cat("blocks"), mask=cat("node_mask")),
+        edges=dict(mask=cat("edge_mask")),
+        senders=cat("senders") + offsets,
+        receivers=cat("receivers") + offsets,
+        n_node=np.full(b, nodes, np.int32),
+        n_edge=np.full(b, edges, np.int32),
+        globals=dict(
+            tile_counts=np.stack([t["tile_counts"] for t in tiles]),
+            valid=np.stack([t["valid"] for t in tiles]),
+        ),
+    )
+    return dict(image=np.stack([t["image"] for t in tiles]), graph=graph)
 
 
 def _local_batch(global_batch: int) -> int:
-  if global_batch % jax.process_count():
-    raise ValueError(f"global batch {global_batch} is not divisible by {jax.process_count()} hosts")
-  return global_batch // jax.process_count()
+    if global_batch % jax.process_count():
+        raise ValueError(
+            f"global batch {global_batch} is not divisible by {jax.process_count()} hosts"
+        )
+    return global_batch // jax.process_count()
 
 
-def train_iterator(shard_dir: str | pathlib.Path, manifest: dict, global_batch: int, *, seed: int,
-                   augment_tiles: bool = True, workers: int = 0,
-                   prefetch: int = 2) -> grain.DatasetIterator:
-  """Endless shuffled batches of this host's part of the global batch; checkpointable state."""
-  budgets = manifest["budgets"]
-  local = _local_batch(global_batch)
-  ds = grain.MapDataset.source(ShardSource(shard_dir, manifest, "train"))
-  if len(ds) < global_batch:
-    raise ValueError(f"{len(ds)} training tiles, fewer than the global batch {global_batch}")
-  # Same seed on every host: one global order per epoch, each host takes every n-th tile of it.
-  ds = ds.seed(seed).shuffle().repeat()
-  ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.map(records.decode)
-  if augment_tiles:
-    ds = ds.random_map(augment)
-  ds = ds.map(lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]))
-  offset = jax.process_index() * local * budgets["nodes"]
-  ds = ds.batch(local, drop_remainder=True, batch_fn=lambda ts: collate(ts, offset))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
-  if workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return iter(it)
+def train_iterator(
+    shard_dir: str | pathlib.Path,
+    manifest: dict,
+    global_batch: int,
+    *,
+    seed: int,
+    augment_tiles: bool = True,
+    workers: int = 0,
+    prefetch: int = 2,
+) -> grain.DatasetIterator:
+    """Endless shuffled batches of this host's part of the global batch; checkpointable state."""
+    budgets = manifest["budgets"]
+    local = _local_batch(global_batch)
+    ds = grain.MapDataset.source(ShardSource(shard_dir, manifest, "train"))
+    if len(ds) < global_batch:
+        raise ValueError(f"{len(ds)} training tiles, fewer than the global batch {global_batch}")
+    # Same seed on every host: one global order per epoch, each host takes every n-th tile of it.
+    ds = ds.seed(seed).shuffle().repeat()
+    ds = ds[jax.process_index() :: jax.process_count()]
+    ds = ds.map(records.decode)
+    if augment_tiles:
+        ds = ds.random_map(augment)
+    ds = ds.map(lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]))
+    offset = jax.process_index() * local * budgets["nodes"]
+    ds = ds.batch(local, drop_remainder=True, batch_fn=lambda ts: collate(ts, offset))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return iter(it)
 
 
-def eval_batches(shard_dir: str | pathlib.Path, manifest: dict, split: str,
-                 global_batch: int) -> Iterator[dict]:
-  """Every tile of a split once, in manifest order, without augmentation; the last batch is filled
-  with invalid empty tiles (graph.globals['valid'] is False for them)."""
-  budgets = manifest["budgets"]
-  local = _local_batch(global_batch)
-  src = ShardSource(shard_dir, manifest, split)
-  n = len(src)
-  first = pad_tile(records.decode(src[0]), budgets["nodes"], budgets["edges"])
-  for start in range(0, n, global_batch):
-    lo = start + jax.process_index() * local
-    tiles = [pad_tile(records.decode(src[i]), budgets["nodes"], budgets["edges"]) if i < n
-             else empty_tile(first) for i in range(lo, lo + local)]
-    yield collate(tiles, jax.process_index() * local * budgets["nodes"])
+def eval_batches(
+    shard_dir: str | pathlib.Path, manifest: dict, split: str, global_batch: int
+) -> Iterator[dict]:
+    """Every tile of a split once, in manifest order, without augmentation; the last batch is filled
+    with invalid empty tiles (graph.globals['valid'] is False for them)."""
+    budgets = manifest["budgets"]
+    local = _local_batch(global_batch)
+    src = ShardSource(shard_dir, manifest, split)
+    n = len(src)
+    first = pad_tile(records.decode(src[0]), budgets["nodes"], budgets["edges"])
+    for start in range(0, n, global_batch):
+        lo = start + jax.process_index() * local
+        tiles = [
+            pad_tile(records.decode(src[i]), budgets["nodes"], budgets["edges"])
+            if i < n
+            else empty_tile(first)
+            for i in range(lo, lo + local)
+        ]
+        yield collate(tiles, jax.process_index() * local * budgets["nodes"])
 
 
 def to_device(batch: dict, mesh: Mesh) -> dict:
-  """Host-local numpy batch -> global jax.Arrays split along the mesh's data axis."""
-  sharding = NamedSharding(mesh, P("data"))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    """Host-local numpy batch -> global jax.Arrays split along the mesh's data axis."""
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

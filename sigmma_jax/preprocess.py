@@ -29,71 +29,100 @@ from sigmma_jax import graphs, readers, records, tiling
 
 MANIFEST = "manifest.json"
 # Settings that change what a tile record holds; a shard dir made with others is refused.
-SHARD_KEYS = ("target_mpp", "tile_px", "min_cells", "min_tissue", "node_budget", "overflow", "graph",
-              "knn_k", "radius_px", "chunk_rows")
+SHARD_KEYS = (
+    "target_mpp",
+    "tile_px",
+    "min_cells",
+    "min_tissue",
+    "node_budget",
+    "overflow",
+    "graph",
+    "knn_k",
+    "radius_px",
+    "chunk_rows",
+)
 
 
 def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def atomic_write_json(path: pathlib.Path, obj: Any) -> None:
-  atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
+    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 # ---------------------------------------------------------------------------------------------------
 # Slides from the config
 
 
-def load_slides(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[readers.Slide]:
-  d = config.data
-  if d.source == "synthetic":
-    from sigmma_jax import synthetic  # only the demo needs the generator
-    s = d.synthetic
-    out = synthetic.write_synthetic_slide(pathlib.Path(workdir) / "slide", seed=s.seed,
-                                          size_um=s.size_um, pixel_size_um=s.pixel_size_um,
-                                          n_genes=s.n_genes, cell_density=s.cell_density)
-    return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
-  if d.source == "generic":
-    if not d.cells or not d.wsi:
-      raise readers.InputError("configs/generic.py needs --config.data.cells=FILE.h5ad and "
-                               "--config.data.wsi=FILE.tif")
-    return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
-  if d.source == "hest":
-    from sigmma_jax import hest
-    if not d.hest_dir or not d.sample_ids:
-      raise readers.InputError("HEST configs need --config.data.hest_dir=DIR (and sample_ids)")
-    return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
-  if d.source == "xenium":
-    from sigmma_jax import xenium
-    if not d.xenium_dir or not d.wsi or not d.alignment:
-      raise readers.InputError("configs/xenium.py needs --config.data.xenium_dir=BUNDLE "
-                               "--config.data.wsi=HE.ome.tif --config.data.alignment=ALIGN.csv")
-    return [xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment,
-                               he_pixel_size_um=d.pixel_size_um)]
-  raise readers.InputError(f"unknown data.source {d.source!r}")
+def load_slides(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> list[readers.Slide]:
+    d = config.data
+    if d.source == "synthetic":
+        from sigmma_jax import synthetic  # only the demo needs the generator
+
+        s = d.synthetic
+        out = synthetic.write_synthetic_slide(
+            pathlib.Path(workdir) / "slide",
+            seed=s.seed,
+            size_um=s.size_um,
+            pixel_size_um=s.pixel_size_um,
+            n_genes=s.n_genes,
+            cell_density=s.cell_density,
+        )
+        return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
+    if d.source == "generic":
+        if not d.cells or not d.wsi:
+            raise readers.InputError(
+                "configs/generic.py needs --config.data.cells=FILE.h5ad and "
+                "--config.data.wsi=FILE.tif"
+            )
+        return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
+    if d.source == "hest":
+        from sigmma_jax import hest
+
+        if not d.hest_dir or not d.sample_ids:
+            raise readers.InputError(
+                "HEST configs need --config.data.hest_dir=DIR (and sample_ids)"
+            )
+        return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
+    if d.source == "xenium":
+        from sigmma_jax import xenium
+
+        if not d.xenium_dir or not d.wsi or not d.alignment:
+            raise readers.InputError(
+                "configs/xenium.py needs --config.data.xenium_dir=BUNDLE "
+                "--config.data.wsi=HE.ome.tif --config.data.alignment=ALIGN.csv"
+            )
+        return [
+            xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment, he_pixel_size_um=d.pixel_size_um)
+        ]
+    raise readers.InputError(f"unknown data.source {d.source!r}")
 
 
 def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
-  d = config.data
-  ident = {k: d[k] for k in SHARD_KEYS}
-  ident["slides"] = [(s.name, str(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy),
-                      s.counts.shape[1]) for s in slides]
-  return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    d = config.data
+    ident = {k: d[k] for k in SHARD_KEYS}
+    ident["slides"] = [
+        (s.name, str(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), s.counts.shape[1])
+        for s in slides
+    ]
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def shared_panel(slides: list[readers.Slide]) -> tuple[list[str], dict[str, int]]:
-  """Genes present in every slide, sorted (so shards do not depend on the reader's gene order);
-  and how many genes each slide loses."""
-  common = set(slides[0].genes)
-  for s in slides[1:]:
-    common &= set(s.genes)
-  if not common:
-    raise readers.InputError("the slides share no gene: " + ", ".join(s.name for s in slides))
-  panel = sorted(common)
-  return panel, {s.name: len(s.genes) - len(panel) for s in slides}
+    """Genes present in every slide, sorted (so shards do not depend on the reader's gene order);
+    and how many genes each slide loses."""
+    common = set(slides[0].genes)
+    for s in slides[1:]:
+        common &= set(s.genes)
+    if not common:
+        raise readers.InputError("the slides share no gene: " + ", ".join(s.name for s in slides))
+    panel = sorted(common)
+    return panel, {s.name: len(s.genes) - len(panel) for s in slides}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,116 +131,138 @@ def shared_panel(slides: list[readers.Slide]) -> tuple[list[str], dict[str, int]
 
 @dataclasses.dataclass
 class Chunk:
-  name: str
-  slide: str
-  wsi_path: pathlib.Path
-  grid: tiling.TileGrid
-  tile_of_cell: np.ndarray   # flat tile index per cell of this chunk
-  xy: np.ndarray             # (n, 2) tile-pixel coordinates
-  counts: sp.csr_matrix      # (n, panel)
-  settings: dict
-  shard_hash: str
-  out_dir: pathlib.Path
+    name: str
+    slide: str
+    wsi_path: pathlib.Path
+    grid: tiling.TileGrid
+    tile_of_cell: np.ndarray  # flat tile index per cell of this chunk
+    xy: np.ndarray  # (n, 2) tile-pixel coordinates
+    counts: sp.csr_matrix  # (n, panel)
+    settings: dict
+    shard_hash: str
+    out_dir: pathlib.Path
 
 
 def run_chunk(c: Chunk) -> dict:
-  s = c.settings
-  rep = dict(tiles_few_cells=0, tiles_no_tissue=0, tiles_overflow_dropped=0,
-             tiles_overflow_subsampled=0, cells_in_dropped_tiles=0, cells_subsampled_away=0,
-             cells_kept=0)
-  tiles, payload = [], []
-  order = np.argsort(c.tile_of_cell, kind="stable")
-  uniq, starts, sizes = np.unique(c.tile_of_cell[order], return_index=True, return_counts=True)
-  with readers.WSI(c.wsi_path) as wsi:
-    for t, st, n in zip(uniq, starts, sizes):
-      idx = order[st:st + n]
-      row, col = divmod(int(t), c.grid.cols)
-      if n < s["min_cells"]:
-        rep["tiles_few_cells"] += 1
-        rep["cells_in_dropped_tiles"] += int(n)
-        continue
-      image = tiling.read_tile(wsi, c.grid, row, col)
-      if tiling.tissue_fraction(image) < s["min_tissue"]:
-        rep["tiles_no_tissue"] += 1
-        rep["cells_in_dropped_tiles"] += int(n)
-        continue
-      tile_counts = np.asarray(c.counts[idx].sum(0)).ravel().astype(np.float32)
-      if n > s["node_budget"]:
-        if s["overflow"] == "drop":
-          rep["tiles_overflow_dropped"] += 1
-          rep["cells_in_dropped_tiles"] += int(n)
-          continue
-        # Seeded by position so reruns and other machines keep the same cells.
-        rng = np.random.default_rng([row, col, int(n)])
-        idx = np.sort(rng.choice(idx, s["node_budget"], replace=False))
-        rep["tiles_overflow_subsampled"] += 1
-        rep["cells_subsampled_away"] += int(n) - s["node_budget"]
-      xy = c.xy[idx]
-      blocks = graphs.micro_blocks(xy, c.grid.tile_px)
-      snd, rcv = graphs.build_micro_graph(xy, blocks, s["graph"], s["knn_k"], s["radius_px"])
-      meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
-      payload.append(records.encode(dict(
-          image=image, xy=xy, blocks=blocks, counts=c.counts[idx].toarray(), senders=snd,
-          receivers=rcv, tile_counts=tile_counts, meta=meta)))
-      tiles.append(dict(meta, n_kept=len(idx), n_edges=len(snd)))
-      rep["cells_kept"] += len(idx)
-  shard = None
-  if payload:
-    from array_record.python.array_record_module import ArrayRecordWriter
-    shard = f"{c.name}.array_record"
-    tmp = c.out_dir / f".{shard}.tmp{os.getpid()}"
-    w = ArrayRecordWriter(str(tmp), "group_size:1,zstd:1")
-    for p in payload:
-      w.write(p)
-    w.close()
-    os.replace(tmp, c.out_dir / shard)
-  side = dict(hash=c.shard_hash, shard=shard, tiles=tiles, report=rep)
-  atomic_write_json(c.out_dir / f"{c.name}.json", side)
-  return side
+    s = c.settings
+    rep = dict(
+        tiles_few_cells=0,
+        tiles_no_tissue=0,
+        tiles_overflow_dropped=0,
+        tiles_overflow_subsampled=0,
+        cells_in_dropped_tiles=0,
+        cells_subsampled_away=0,
+        cells_kept=0,
+    )
+    tiles, payload = [], []
+    order = np.argsort(c.tile_of_cell, kind="stable")
+    uniq, starts, sizes = np.unique(c.tile_of_cell[order], return_index=True, return_counts=True)
+    with readers.WSI(c.wsi_path) as wsi:
+        for t, st, n in zip(uniq, starts, sizes):
+            idx = order[st : st + n]
+            row, col = divmod(int(t), c.grid.cols)
+            if n < s["min_cells"]:
+                rep["tiles_few_cells"] += 1
+                rep["cells_in_dropped_tiles"] += int(n)
+                continue
+            image = tiling.read_tile(wsi, c.grid, row, col)
+            if tiling.tissue_fraction(image) < s["min_tissue"]:
+                rep["tiles_no_tissue"] += 1
+                rep["cells_in_dropped_tiles"] += int(n)
+                continue
+            tile_counts = np.asarray(c.counts[idx].sum(0)).ravel().astype(np.float32)
+            if n > s["node_budget"]:
+                if s["overflow"] == "drop":
+                    rep["tiles_overflow_dropped"] += 1
+                    rep["cells_in_dropped_tiles"] += int(n)
+                    continue
+                # Seeded by position so reruns and other machines keep the same cells.
+                rng = np.random.default_rng([row, col, int(n)])
+                idx = np.sort(rng.choice(idx, s["node_budget"], replace=False))
+                rep["tiles_overflow_subsampled"] += 1
+                rep["cells_subsampled_away"] += int(n) - s["node_budget"]
+            xy = c.xy[idx]
+            blocks = graphs.micro_blocks(xy, c.grid.tile_px)
+            snd, rcv = graphs.build_micro_graph(xy, blocks, s["graph"], s["knn_k"], s["radius_px"])
+            meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
+            payload.append(
+                records.encode(
+                    dict(
+                        image=image,
+                        xy=xy,
+                        blocks=blocks,
+                        counts=c.counts[idx].toarray(),
+                        senders=snd,
+                        receivers=rcv,
+                        tile_counts=tile_counts,
+                        meta=meta,
+                    )
+                )
+            )
+            tiles.append(dict(meta, n_kept=len(idx), n_edges=len(snd)))
+            rep["cells_kept"] += len(idx)
+    shard = None
+    if payload:
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        shard = f"{c.name}.array_record"
+        tmp = c.out_dir / f".{shard}.tmp{os.getpid()}"
+        w = ArrayRecordWriter(str(tmp), "group_size:1,zstd:1")
+        for p in payload:
+            w.write(p)
+        w.close()
+        os.replace(tmp, c.out_dir / shard)
+    side = dict(hash=c.shard_hash, shard=shard, tiles=tiles, report=rep)
+    atomic_write_json(c.out_dir / f"{c.name}.json", side)
+    return side
 
 
 # ---------------------------------------------------------------------------------------------------
 # Splits
 
 
-def spatial_splits(tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float,
-                   seed: int) -> list[str]:
-  """Whole spatial blocks of block_tiles x block_tiles tiles go to one split, so that neighbouring
-  tiles (which share cells' context) rarely straddle train and test."""
-  keys = [(t["slide"], t["row"] // block_tiles, t["col"] // block_tiles) for t in tiles]
-  blocks = sorted(set(keys))
-  perm = np.random.default_rng(seed).permutation(len(blocks))
-  size = {b: 0 for b in blocks}
-  for k in keys:
-    size[k] += 1
-  total = len(tiles)
-  assign, filled = {}, {"test": 0, "val": 0}
-  for i in perm:
-    b = blocks[i]
-    if filled["test"] < test_fraction * total:
-      assign[b] = "test"
-    elif filled["val"] < val_fraction * total:
-      assign[b] = "val"
-    else:
-      assign[b] = "train"
-    if assign[b] in filled:
-      filled[assign[b]] += size[b]
-  return [assign[k] for k in keys]
+def spatial_splits(
+    tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float, seed: int
+) -> list[str]:
+    """Whole spatial blocks of block_tiles x block_tiles tiles go to one split, so that neighbouring
+    tiles (which share cells' context) rarely straddle train and test."""
+    keys = [(t["slide"], t["row"] // block_tiles, t["col"] // block_tiles) for t in tiles]
+    blocks = sorted(set(keys))
+    perm = np.random.default_rng(seed).permutation(len(blocks))
+    size = {b: 0 for b in blocks}
+    for k in keys:
+        size[k] += 1
+    total = len(tiles)
+    assign, filled = {}, {"test": 0, "val": 0}
+    for i in perm:
+        b = blocks[i]
+        if filled["test"] < test_fraction * total:
+            assign[b] = "test"
+        elif filled["val"] < val_fraction * total:
+            assign[b] = "val"
+        else:
+            assign[b] = "train"
+        if assign[b] in filled:
+            filled[assign[b]] += size[b]
+    return [assign[k] for k in keys]
 
 
 def sample_splits(tiles: list[dict], slides: list[str], fold: int) -> list[str]:
-  """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
-  if not 0 <= fold < len(slides):
-    raise readers.InputError(f"split fold {fold} does not exist: {len(slides)} samples {slides}")
-  return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
+    """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
+    if not 0 <= fold < len(slides):
+        raise readers.InputError(
+            f"split fold {fold} does not exist: {len(slides)} samples {slides}"
+        )
+    return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
 
 
 def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
-  by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
-  if by == "sample":
-    return sample_splits(tiles, slides, split.fold)
-  return spatial_splits(tiles, split.block_tiles, split.test_fraction, split.val_fraction,
-                        split.seed)
+    by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
+    if by == "sample":
+        return sample_splits(tiles, slides, split.fold)
+    return spatial_splits(
+        tiles, split.block_tiles, split.test_fraction, split.val_fraction, split.seed
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,112 +270,146 @@ def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
 
 
 def _round_up(x: int, m: int) -> int:
-  return max(m, int(math.ceil(x / m) * m))
+    return max(m, int(math.ceil(x / m) * m))
 
 
 def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-  """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
-  d = config.data
-  out_dir = pathlib.Path(d.shard_dir or pathlib.Path(workdir) / "shards")
-  out_dir.mkdir(parents=True, exist_ok=True)
-  t0 = time.time()
-  slides = load_slides(config, workdir)
-  h = shard_hash(config, slides)
-  manifest_path = out_dir / MANIFEST
-  split_cfg = d.split.to_dict()
-  if manifest_path.exists():
-    old = json.loads(manifest_path.read_text())
-    if old["shard_hash"] != h:
-      raise readers.InputError(
-          f"{out_dir} holds shards made with other preprocessing settings or slides (hash "
-          f"{old['shard_hash']} != {h}); point --config.data.shard_dir elsewhere or delete it")
-    if old["split_config"] == split_cfg:
-      logging.info("shards up to date in %s (%d tiles)", out_dir, len(old["tiles"]))
-      return old
+    """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
+    d = config.data
+    out_dir = pathlib.Path(d.shard_dir or pathlib.Path(workdir) / "shards")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    slides = load_slides(config, workdir)
+    h = shard_hash(config, slides)
+    manifest_path = out_dir / MANIFEST
+    split_cfg = d.split.to_dict()
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old["shard_hash"] != h:
+            raise readers.InputError(
+                f"{out_dir} holds shards made with other preprocessing settings or slides (hash "
+                f"{old['shard_hash']} != {h}); point --config.data.shard_dir elsewhere or delete it"
+            )
+        if old["split_config"] == split_cfg:
+            logging.info("shards up to date in %s (%d tiles)", out_dir, len(old["tiles"]))
+            return old
 
-  panel, genes_dropped = shared_panel(slides)
-  settings = {k: d[k] for k in SHARD_KEYS}
-  names, todo, slide_report = [], [], {}
-  for slide in slides:
-    col_of = {g: i for i, g in enumerate(slide.genes)}
-    counts = slide.counts[:, [col_of[g] for g in panel]].tocsr()
-    slide.counts = None  # the panel copy replaces it: one copy of the counts in memory
-    grid = tiling.tile_grid(slide, d.target_mpp, d.tile_px)
-    flat, local = tiling.assign_cells(slide, grid)
-    zero = np.asarray(counts.sum(1)).ravel() == 0
-    slide_report[slide.name] = dict(
-        cells_total=len(flat), cells_outside_grid=int((flat < 0).sum()),
-        cells_zero_counts=int((zero & (flat >= 0)).sum()), controls_dropped=slide.dropped_controls,
-        genes_not_shared=genes_dropped[slide.name], grid=[grid.rows, grid.cols],
-        pixel_size_um=slide.pixel_size_um, reader=slide.report)
-    usable = (flat >= 0) & ~zero  # a cell without transcripts carries nothing to align
-    for ci, r0 in enumerate(range(0, grid.rows, d.chunk_rows)):
-      name = f"{slide.name}-{ci:04d}"
-      names.append(name)
-      side = out_dir / f"{name}.json"
-      if side.exists():
-        if json.loads(side.read_text())["hash"] != h:
-          raise readers.InputError(f"{side}: chunk made with other settings (hash mismatch); "
-                                   f"point --config.data.shard_dir elsewhere or delete {out_dir}")
-        continue
-      rows = (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols)
-      todo.append((name, slide, grid, flat, local, counts, np.flatnonzero(usable & rows)))
+    panel, genes_dropped = shared_panel(slides)
+    settings = {k: d[k] for k in SHARD_KEYS}
+    names, todo, slide_report = [], [], {}
+    for slide in slides:
+        col_of = {g: i for i, g in enumerate(slide.genes)}
+        counts = slide.counts[:, [col_of[g] for g in panel]].tocsr()
+        slide.counts = None  # the panel copy replaces it: one copy of the counts in memory
+        grid = tiling.tile_grid(slide, d.target_mpp, d.tile_px)
+        flat, local = tiling.assign_cells(slide, grid)
+        zero = np.asarray(counts.sum(1)).ravel() == 0
+        slide_report[slide.name] = dict(
+            cells_total=len(flat),
+            cells_outside_grid=int((flat < 0).sum()),
+            cells_zero_counts=int((zero & (flat >= 0)).sum()),
+            controls_dropped=slide.dropped_controls,
+            genes_not_shared=genes_dropped[slide.name],
+            grid=[grid.rows, grid.cols],
+            pixel_size_um=slide.pixel_size_um,
+            reader=slide.report,
+        )
+        usable = (flat >= 0) & ~zero  # a cell without transcripts carries nothing to align
+        for ci, r0 in enumerate(range(0, grid.rows, d.chunk_rows)):
+            name = f"{slide.name}-{ci:04d}"
+            names.append(name)
+            side = out_dir / f"{name}.json"
+            if side.exists():
+                if json.loads(side.read_text())["hash"] != h:
+                    raise readers.InputError(
+                        f"{side}: chunk made with other settings (hash mismatch); "
+                        f"point --config.data.shard_dir elsewhere or delete {out_dir}"
+                    )
+                continue
+            rows = (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols)
+            todo.append((name, slide, grid, flat, local, counts, np.flatnonzero(usable & rows)))
 
-  def chunks():  # built one at a time: a chunk copies its cells' counts
-    for name, slide, grid, flat, local, counts, sel in todo:
-      yield Chunk(name, slide.name, slide.wsi_path, grid, flat[sel], local[sel], counts[sel],
-                  settings, h, out_dir)
+    def chunks():  # built one at a time: a chunk copies its cells' counts
+        for name, slide, grid, flat, local, counts, sel in todo:
+            yield Chunk(
+                name,
+                slide.name,
+                slide.wsi_path,
+                grid,
+                flat[sel],
+                local[sel],
+                counts[sel],
+                settings,
+                h,
+                out_dir,
+            )
 
-  if todo:
-    logging.info("preprocessing %d chunks with %d workers into %s", len(todo), d.workers, out_dir)
-    bar = tqdm.tqdm(total=len(todo), desc="preprocess", unit="chunk")
-    done = dict(tiles=0, cells=0)
+    if todo:
+        logging.info(
+            "preprocessing %d chunks with %d workers into %s", len(todo), d.workers, out_dir
+        )
+        bar = tqdm.tqdm(total=len(todo), desc="preprocess", unit="chunk")
+        done = dict(tiles=0, cells=0)
 
-    def progress(side):
-      done["tiles"] += len(side["tiles"])
-      done["cells"] += side["report"]["cells_kept"]
-      bar.update(1)
-      rate = bar.format_dict["elapsed"] or 1e-9
-      bar.set_postfix(tiles=done["tiles"], cells_per_s=f"{done['cells'] / rate:,.0f}")
+        def progress(side):
+            done["tiles"] += len(side["tiles"])
+            done["cells"] += side["report"]["cells_kept"]
+            bar.update(1)
+            rate = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(tiles=done["tiles"], cells_per_s=f"{done['cells'] / rate:,.0f}")
 
-    if d.workers > 1:
-      ctx = multiprocessing.get_context("spawn")  # fork after JAX/threads is unsafe
-      with cf.ProcessPoolExecutor(d.workers, mp_context=ctx) as pool:
-        pending = set()
-        for c in chunks():
-          if len(pending) >= 2 * d.workers:  # bounded: memory does not grow with the slide
-            finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            for f in finished:
-              progress(f.result())
-          pending.add(pool.submit(run_chunk, c))
-        for f in cf.as_completed(pending):
-          progress(f.result())
-    else:
-      for c in chunks():
-        progress(run_chunk(c))
-    bar.close()
+        if d.workers > 1:
+            ctx = multiprocessing.get_context("spawn")  # fork after JAX/threads is unsafe
+            with cf.ProcessPoolExecutor(d.workers, mp_context=ctx) as pool:
+                pending = set()
+                for c in chunks():
+                    if (
+                        len(pending) >= 2 * d.workers
+                    ):  # bounded: memory does not grow with the slide
+                        finished, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                        for f in finished:
+                            progress(f.result())
+                    pending.add(pool.submit(run_chunk, c))
+                for f in cf.as_completed(pending):
+                    progress(f.result())
+        else:
+            for c in chunks():
+                progress(run_chunk(c))
+        bar.close()
 
-  sides = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]
-  shards = [s["shard"] for s in sides if s["shard"]]
-  tiles = [t for s in sides for t in s["tiles"]]
-  report = {k: sum(s["report"][k] for s in sides) for k in sides[0]["report"]}
-  if not tiles:
-    raise readers.InputError(
-        f"no tile passed the filters (min_cells={d.min_cells}, min_tissue={d.min_tissue}, "
-        f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}")
-  slide_names = [s.name for s in slides]
-  splits = make_splits(tiles, slide_names, d.split)
-  report.update(tiles_kept=len(tiles), slides=slide_report, genes=len(panel),
-                split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
-                seconds=round(time.time() - t0, 1))
-  manifest = dict(
-      version=1, shard_hash=h, split_config=split_cfg, settings=settings, genes=panel,
-      budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
-      slides=slide_names, shards=shards,
-      tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
-      splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
-      report=report)
-  atomic_write_json(manifest_path, manifest)
-  logging.info("preprocessing report: %s", json.dumps({k: v for k, v in report.items()
-                                                       if k != "slides"}))
-  return manifest
+    sides = [json.loads((out_dir / f"{n}.json").read_text()) for n in names]
+    shards = [s["shard"] for s in sides if s["shard"]]
+    tiles = [t for s in sides for t in s["tiles"]]
+    report = {k: sum(s["report"][k] for s in sides) for k in sides[0]["report"]}
+    if not tiles:
+        raise readers.InputError(
+            f"no tile passed the filters (min_cells={d.min_cells}, min_tissue={d.min_tissue}, "
+            f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}"
+        )
+    slide_names = [s.name for s in slides]
+    splits = make_splits(tiles, slide_names, d.split)
+    report.update(
+        tiles_kept=len(tiles),
+        slides=slide_report,
+        genes=len(panel),
+        split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
+        seconds=round(time.time() - t0, 1),
+    )
+    manifest = dict(
+        version=1,
+        shard_hash=h,
+        split_config=split_cfg,
+        settings=settings,
+        genes=panel,
+        budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
+        slides=slide_names,
+        shards=shards,
+        tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
+        splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
+        report=report,
+    )
+    atomic_write_json(manifest_path, manifest)
+    logging.info(
+        "preprocessing report: %s", json.dumps({k: v for k, v in report.items() if k != "slides"})
+    )
+    return manifest

@@ -12,32 +12,32 @@ import numpy as np
 
 # Every key a record holds, with its dtype after decoding.
 FIELDS = {
-    "image": np.uint8,         # (m, m, 3) RGB at target_mpp
-    "xy": np.float32,          # (n, 2) cell centroids in tile pixels (x, y), pixel p covers [p, p+1)
-    "blocks": np.int8,         # (n, 2) micro block (bx, by) per cell
-    "counts": np.float32,      # (n, genes) raw counts of the kept cells
-    "senders": np.int32,       # (e,) micro-graph edges, symmetric
+    "image": np.uint8,  # (m, m, 3) RGB at target_mpp
+    "xy": np.float32,  # (n, 2) cell centroids in tile pixels (x, y), pixel p covers [p, p+1)
+    "blocks": np.int8,  # (n, 2) micro block (bx, by) per cell
+    "counts": np.float32,  # (n, genes) raw counts of the kept cells
+    "senders": np.int32,  # (e,) micro-graph edges, symmetric
     "receivers": np.int32,
     "tile_counts": np.float32,  # (genes,) summed raw counts of ALL cells of the tile (eval target)
 }
 
 
 def encode(tile: dict[str, Any]) -> bytes:
-  rec = {k: np.ascontiguousarray(tile[k]) for k in FIELDS}
-  # Counts are small integers: uint16 keeps records ~2x smaller than float32.
-  counts = rec["counts"]
-  if counts.size and counts.max() < 65536 and np.all(counts == np.round(counts)):
-    rec["counts"] = counts.astype(np.uint16)
-  out = {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in rec.items()}
-  out["meta"] = {k: tile["meta"][k] for k in sorted(tile["meta"])}
-  return msgpack.packb(out, use_bin_type=True)
+    rec = {k: np.ascontiguousarray(tile[k]) for k in FIELDS}
+    # Counts are small integers: uint16 keeps records ~2x smaller than float32.
+    counts = rec["counts"]
+    if counts.size and counts.max() < 65536 and np.all(counts == np.round(counts)):
+        rec["counts"] = counts.astype(np.uint16)
+    out = {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in rec.items()}
+    out["meta"] = {k: tile["meta"][k] for k in sorted(tile["meta"])}
+    return msgpack.packb(out, use_bin_type=True)
 
 
 def decode(data: bytes) -> dict[str, Any]:
-  rec = msgpack.unpackb(data, raw=False)
-  out = {}
-  for k, dt in FIELDS.items():
-    dtype, shape, buf = rec[k]
-    out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
-  out["meta"] = rec["meta"]
-  return out
+    rec = msgpack.unpackb(data, raw=False)
+    out = {}
+    for k, dt in FIELDS.items():
+        dtype, shape, buf = rec[k]
+        out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
+    out["meta"] = rec["meta"]
+    return out

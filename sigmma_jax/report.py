@@ -80,8 +80,9 @@ def _jsonable(x: Any) -> Any:
 def _models(results: dict) -> list[str]:
     # "trained" and "untrained" first; any other entry holding retrieval/probe metrics (a
     # baseline) gets its own column after them.
-    found = [k for k, v in results.items()
-             if isinstance(v, dict) and ("retrieval" in v or "probe" in v)]
+    found = [
+        k for k, v in results.items() if isinstance(v, dict) and ("retrieval" in v or "probe" in v)
+    ]
     order = {"trained": 0, "untrained": 1}
     return sorted(found, key=lambda k: (order.get(k, 2), found.index(k)))
 
@@ -198,8 +199,11 @@ def _plot_recall(results: dict, path: Path) -> None:
 
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
-    pts = [(h["step"], h[key]) for h in history
-           if "step" in h and isinstance(h.get(key), (int, float)) and not isinstance(h[key], bool)]
+    pts = [
+        (h["step"], h[key])
+        for h in history
+        if "step" in h and isinstance(h.get(key), (int, float)) and not isinstance(h[key], bool)
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -222,8 +226,9 @@ def _plot_training(history: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- public
 
 
-def write_results(workdir: str | os.PathLike, results: dict,
-                  history: list[dict] | None = None) -> None:
+def write_results(
+    workdir: str | os.PathLike, results: dict, history: list[dict] | None = None
+) -> None:
     """Write results.md, plots/recall.png, plots/training.png (if `history`) and results.json.
 
     `results` is {"trained": {"retrieval": ..., "probe": ...}, "untrained": {...},
@@ -239,8 +244,10 @@ def write_results(workdir: str | os.PathLike, results: dict,
         _plot_training(history, plots / "training.png")
     payload = _jsonable(results)
     # default=str: an odd pass-through extra (a Path in a config) must not sink the whole report.
-    _atomic_write(workdir / "results.json",
-                  lambda f: json.dump(payload, f, indent=2, allow_nan=False, default=str))
+    _atomic_write(
+        workdir / "results.json",
+        lambda f: json.dump(payload, f, indent=2, allow_nan=False, default=str),
+    )
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:

@@ -32,6 +32,7 @@ the same tissue at any ``pixel_size_um``; only the rendering changes):
   (MKI67, TOP2A, CCNB1) at random, invisible.  10 % of each cell's mu comes from its 4 nearest
   neighbours (segmentation bleed).  Six control probes (NegControl*, BLANK*) at ~0.02 per cell.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,22 +54,26 @@ DOMAINS = ("background", "stroma", "tumour", "immune_aggregate")
 # Per type: nucleus radius µm (geometric mean of semi-axes), elongation, hematoxylin OD,
 # vesicular (pale centre, dark rim), cytoplasm rim µm, cytoplasm eosin / hematoxylin OD,
 # cytoplasm offset µm, mean library size.
-_MORPH = np.array([
-    # r    elong hem  vesic cyto  c_eos c_hem off  lib
-    [5.0, 1.25, 0.80, 1.0, 3.5, 0.25, 0.06, 0.0, 170.0],  # tumour
-    [3.3, 3.50, 1.00, 0.2, 0.8, 0.30, 0.02, 0.0, 80.0],   # fibroblast
-    [3.4, 1.10, 1.25, 0.0, 0.6, 0.20, 0.05, 0.0, 60.0],   # T cell
-    [3.5, 1.10, 1.25, 0.0, 0.6, 0.20, 0.05, 0.0, 65.0],   # B cell
-    [3.5, 1.20, 1.15, 0.3, 2.8, 0.30, 0.25, 2.0, 120.0],  # plasma
-    [4.3, 1.35, 0.85, 0.5, 4.0, 0.30, 0.10, 0.0, 130.0],  # macrophage
-    [3.0, 2.80, 0.95, 0.2, 1.0, 0.25, 0.03, 0.0, 80.0],   # endothelial
-])
+_MORPH = np.array(
+    [
+        # r    elong hem  vesic cyto  c_eos c_hem off  lib
+        [5.0, 1.25, 0.80, 1.0, 3.5, 0.25, 0.06, 0.0, 170.0],  # tumour
+        [3.3, 3.50, 1.00, 0.2, 0.8, 0.30, 0.02, 0.0, 80.0],  # fibroblast
+        [3.4, 1.10, 1.25, 0.0, 0.6, 0.20, 0.05, 0.0, 60.0],  # T cell
+        [3.5, 1.10, 1.25, 0.0, 0.6, 0.20, 0.05, 0.0, 65.0],  # B cell
+        [3.5, 1.20, 1.15, 0.3, 2.8, 0.30, 0.25, 2.0, 120.0],  # plasma
+        [4.3, 1.35, 0.85, 0.5, 4.0, 0.30, 0.10, 0.0, 130.0],  # macrophage
+        [3.0, 2.80, 0.95, 0.2, 1.0, 0.25, 0.03, 0.0, 80.0],  # endothelial
+    ]
+)
 # Type mixture per domain (stroma, tumour, aggregate); tumour T share is set per cell below.
-_MIX = np.array([
-    [0.03, 0.50, 0.10, 0.04, 0.07, 0.12, 0.14],
-    [0.80, 0.03, 0.00, 0.01, 0.01, 0.07, 0.02],
-    [0.00, 0.04, 0.35, 0.50, 0.02, 0.05, 0.04],
-])
+_MIX = np.array(
+    [
+        [0.03, 0.50, 0.10, 0.04, 0.07, 0.12, 0.14],
+        [0.80, 0.03, 0.00, 0.01, 0.01, 0.07, 0.02],
+        [0.00, 0.04, 0.35, 0.50, 0.02, 0.05, 0.04],
+    ]
+)
 _AREA_PER_CELL = np.array([200.0, 130.0, 85.0])  # µm^2, per domain
 _MARKERS = {
     "tumour": "EPCAM KRT8 KRT18 KRT19 CDH1 KRT7 MUC1 CEACAM6 ERBB2 ELF3",
@@ -79,12 +84,14 @@ _MARKERS = {
     "macrophage": "CD68 LYZ CD163 CD14 C1QA MRC1 FCGR3A",
     "endothelial": "PECAM1 VWF CDH5 KDR CLDN5 PLVAP",
 }
-_SHARED = {"PTPRC": dict(T_cell=1.5, B_cell=1.5, macrophage=1.0, plasma=0.5),
-           "HLA-DRA": dict(B_cell=1.5, macrophage=2.0, tumour=0.2),
-           "CD74": dict(B_cell=1.5, macrophage=1.5, tumour=0.4, endothelial=0.3),
-           "VIM": dict(fibroblast=2.0, endothelial=1.5, macrophage=1.0, T_cell=0.5),
-           "SPARC": dict(fibroblast=1.5, endothelial=1.0, tumour=0.2),
-           "CD52": dict(T_cell=1.0, B_cell=1.0, plasma=0.3)}
+_SHARED = {
+    "PTPRC": dict(T_cell=1.5, B_cell=1.5, macrophage=1.0, plasma=0.5),
+    "HLA-DRA": dict(B_cell=1.5, macrophage=2.0, tumour=0.2),
+    "CD74": dict(B_cell=1.5, macrophage=1.5, tumour=0.4, endothelial=0.3),
+    "VIM": dict(fibroblast=2.0, endothelial=1.5, macrophage=1.0, T_cell=0.5),
+    "SPARC": dict(fibroblast=1.5, endothelial=1.0, tumour=0.2),
+    "CD52": dict(T_cell=1.0, B_cell=1.0, plasma=0.3),
+}
 _HOUSEKEEPING = "ACTB GAPDH B2M RPLP0 EEF1A1"
 _PROGRAMMES = {  # programme -> (genes, weight per type)
     "ifn": ("CXCL9 CXCL10 STAT1 GBP1 IDO1 CD274", dict(tumour=2.0, macrophage=2.0)),
@@ -93,8 +100,14 @@ _PROGRAMMES = {  # programme -> (genes, weight per type)
     "tls": ("CXCL13 CCL19 CCL21 LAMP3", dict(T_cell=0.8, fibroblast=1.5, endothelial=1.5)),
     "cycling": ("MKI67 TOP2A CCNB1", dict(tumour=1.0, B_cell=1.0, T_cell=1.0)),
 }
-CONTROLS = ("NegControlProbe_00", "NegControlProbe_01", "NegControlCodeword_0",
-            "NegControlCodeword_1", "BLANK_0001", "BLANK_0002")
+CONTROLS = (
+    "NegControlProbe_00",
+    "NegControlProbe_01",
+    "NegControlCodeword_0",
+    "NegControlCodeword_1",
+    "BLANK_0001",
+    "BLANK_0002",
+)
 _GLASS = np.array([242.0, 240.0, 245.0], np.float32)
 # Optical density per unit stain: Ruifrok & Johnston's hematoxylin, an eosin that is a bit
 # pinker than theirs (closer to scanned slides).
@@ -110,8 +123,9 @@ class SyntheticSlide:
     cells: pathlib.Path  # .h5ad
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float,
-           mode: str = "reflect") -> np.ndarray:
+def _noise(
+    rng: np.random.Generator, shape: tuple[int, int], sigma: float, mode: str = "reflect"
+) -> np.ndarray:
     z = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode=mode)
     return (z - z.mean()) / z.std()
 
@@ -148,9 +162,10 @@ def _layout(rng: np.random.Generator, size_um: float) -> dict:
     f = dict(tissue=tissue, tumour=tumour, thr_tissue=float(np.quantile(tissue, 0.15)))
     f["thr_tumour"] = float(np.quantile(tumour[tissue > f["thr_tissue"]], 0.62))
     # Aggregates: blobs centred in tissue stroma, rough-edged.
-    ok = np.flatnonzero((tissue > f["thr_tissue"] + 0.2).ravel()
-                        & (tumour < f["thr_tumour"] - 0.3).ravel())
-    n_tls = max(1, rng.poisson(2.0 * size_um ** 2 / 1e6)) if ok.size else 0
+    ok = np.flatnonzero(
+        (tissue > f["thr_tissue"] + 0.2).ravel() & (tumour < f["thr_tumour"] - 0.3).ravel()
+    )
+    n_tls = max(1, rng.poisson(2.0 * size_um**2 / 1e6)) if ok.size else 0
     centres = rng.choice(ok, size=min(n_tls, ok.size), replace=False)
     tls = 0.15 * _noise(rng, (n, n), 20 / _STEP)
     for c, r in zip(centres, rng.uniform(45, 90, centres.size)):
@@ -195,7 +210,7 @@ def _cells(rng: np.random.Generator, f: dict, size_um: float, density: float) ->
     y, x = xy[:, 1], xy[:, 0]
     mix = _MIX[dom - 1].copy()
     hot = _at(f["inflamed"], _STEP, y, x)
-    mix[:, 2] += np.where(dom == 2, 0.01 + 0.3 * hot ** 2, 0)  # hot vs cold nests
+    mix[:, 2] += np.where(dom == 2, 0.01 + 0.3 * hot**2, 0)  # hot vs cold nests
     near_tls = np.clip(_at(f["tls"], _STEP, y, x), 0, 1)
     mix[:, 2:5] *= np.where(dom == 1, 1 + 3 * near_tls, 1)[:, None]
     cum = np.cumsum(mix / mix.sum(1, keepdims=True), 1)
@@ -221,10 +236,21 @@ def _cells(rng: np.random.Generator, f: dict, size_um: float, density: float) ->
     # Tumour nuclei are pleomorphic: wider darkness spread, vesicular to hyperchromatic.
     hem = mp[:, 2] * np.exp(rng.normal(0, np.where(ctype == 0, 0.35, 0.18)))
     hem *= _at(f["stain"], _STEP, y, x)
-    c = dict(xy=xy, domain=dom, type=ctype, r=r, a=a, b=b, theta=theta, hem=hem,
-             quality=_at(f["quality"], _STEP, y, x), tls=near_tls,
-             nucleolus=rng.uniform(-0.3, 0.3, (n, 2)), cyto=mp[:, 4] * rng.lognormal(0, 0.2, n),
-             ves=mp[:, 3] * rng.uniform(0.3, 1.0, n))
+    c = dict(
+        xy=xy,
+        domain=dom,
+        type=ctype,
+        r=r,
+        a=a,
+        b=b,
+        theta=theta,
+        hem=hem,
+        quality=_at(f["quality"], _STEP, y, x),
+        tls=near_tls,
+        nucleolus=rng.uniform(-0.3, 0.3, (n, 2)),
+        cyto=mp[:, 4] * rng.lognormal(0, 0.2, n),
+        ves=mp[:, 3] * rng.uniform(0.3, 1.0, n),
+    )
     return {k: v[keep] for k, v in c.items()}
 
 
@@ -249,7 +275,7 @@ def _genes(rng: np.random.Generator, n_genes: int) -> tuple[list[str], np.ndarra
         if g in col:
             base[:, col[g]] = 1.5 * rng.lognormal(0, 0.3, len(TYPES))
     filler = np.arange(len(named), n_genes)
-    noise, weak = filler[: len(filler) // 2], filler[len(filler) // 2:]
+    noise, weak = filler[: len(filler) // 2], filler[len(filler) // 2 :]
     base[:, noise] = 0.15  # pure noise: same rate in every type
     base[:, weak] = 0.1 * rng.lognormal(0, 1.0, (len(TYPES), len(weak)))
     progs = {}
@@ -277,11 +303,16 @@ def _expression(rng: np.random.Generator, f: dict, c: dict, n_genes: int) -> tup
     n_t, n_tum = count_within(t == 2, 80.0), count_within(t == 0, 60.0)
     nest = f["domain"] == 2
     depth = ndimage.distance_transform_edt(nest) * _STEP
-    score = dict(ifn=n_t / (n_t + 10.0), caf=n_tum / (n_tum + 5.0),
-                 hypoxia=np.clip((_at(depth, _STEP, xy[:, 1], xy[:, 0]) - 40) / 160, 0, 1),
-                 tls=np.clip((c["tls"] - 0.3) / 0.4, 0, 1),
-                 cycling=(rng.uniform(size=n) < np.array([0.3, 0.02, 0.05, 0.15, 0, 0.02, 0.02])[t]
-                          * np.where(c["domain"] == 3, 2, 1)).astype(float))
+    score = dict(
+        ifn=n_t / (n_t + 10.0),
+        caf=n_tum / (n_tum + 5.0),
+        hypoxia=np.clip((_at(depth, _STEP, xy[:, 1], xy[:, 0]) - 40) / 160, 0, 1),
+        tls=np.clip((c["tls"] - 0.3) / 0.4, 0, 1),
+        cycling=(
+            rng.uniform(size=n)
+            < np.array([0.3, 0.02, 0.05, 0.15, 0, 0.02, 0.02])[t] * np.where(c["domain"] == 3, 2, 1)
+        ).astype(float),
+    )
     w = base[t].copy()
     for p, m in progs.items():
         w += score[p][:, None] * m[t]
@@ -297,18 +328,43 @@ def _expression(rng: np.random.Generator, f: dict, c: dict, n_genes: int) -> tup
     return X, names + list(CONTROLS), score
 
 
-def _write_cells(path: pathlib.Path, c: dict, X: sparse.csr_matrix, genes: list[str], f: dict,
-                 px: float, seed: int, params: dict) -> None:
+def _write_cells(
+    path: pathlib.Path,
+    c: dict,
+    X: sparse.csr_matrix,
+    genes: list[str],
+    f: dict,
+    px: float,
+    seed: int,
+    params: dict,
+) -> None:
     import anndata
     import pandas as pd
-    obs = pd.DataFrame({"cell_type": pd.Categorical.from_codes(c["type"], TYPES),
-                        "domain": pd.Categorical.from_codes(c["domain"] - 1, DOMAINS[1:])},
-                       index=[f"cell_{i:06d}" for i in range(len(c["xy"]))])
-    var = pd.DataFrame({"feature_type": ["control" if g in CONTROLS else "gene" for g in genes]},
-                       index=genes)
-    ad = anndata.AnnData(X=X, obs=obs, var=var, obsm={"spatial": c["xy"] / px}, uns=dict(
-        pixel_size_um=px, seed=seed, synthetic_params=params, domain_categories=list(DOMAINS),
-        domain_grid=f["domain"], domain_grid_step_um=_STEP))
+
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical.from_codes(c["type"], TYPES),
+            "domain": pd.Categorical.from_codes(c["domain"] - 1, DOMAINS[1:]),
+        },
+        index=[f"cell_{i:06d}" for i in range(len(c["xy"]))],
+    )
+    var = pd.DataFrame(
+        {"feature_type": ["control" if g in CONTROLS else "gene" for g in genes]}, index=genes
+    )
+    ad = anndata.AnnData(
+        X=X,
+        obs=obs,
+        var=var,
+        obsm={"spatial": c["xy"] / px},
+        uns=dict(
+            pixel_size_um=px,
+            seed=seed,
+            synthetic_params=params,
+            domain_categories=list(DOMAINS),
+            domain_grid=f["domain"],
+            domain_grid_step_um=_STEP,
+        ),
+    )
     ad.write_h5ad(path, compression="gzip")
 
 
@@ -320,18 +376,38 @@ def _chromatin(rng: np.random.Generator, px: float) -> np.ndarray:
 def _cell_pixels(c: dict, px: float) -> dict:
     """Per-cell rendering parameters in level-0 pixels, float32 so stamps stay float32."""
     mp = _MORPH[c["type"]]
-    p = dict(cy=c["xy"][:, 1] / px, cx=c["xy"][:, 0] / px, a=c["a"] / px, b=c["b"] / px,
-             cos=np.cos(c["theta"]), sin=np.sin(c["theta"]), hem=c["hem"], ves=c["ves"],
-             cyto=c["cyto"] / px, c_eos=mp[:, 5], c_hem=mp[:, 6], off=mp[:, 7] / px,
-             nu=c["nucleolus"][:, 0] * c["a"] / px, nv=c["nucleolus"][:, 1] * c["b"] / px)
+    p = dict(
+        cy=c["xy"][:, 1] / px,
+        cx=c["xy"][:, 0] / px,
+        a=c["a"] / px,
+        b=c["b"] / px,
+        cos=np.cos(c["theta"]),
+        sin=np.sin(c["theta"]),
+        hem=c["hem"],
+        ves=c["ves"],
+        cyto=c["cyto"] / px,
+        c_eos=mp[:, 5],
+        c_hem=mp[:, 6],
+        off=mp[:, 7] / px,
+        nu=c["nucleolus"][:, 0] * c["a"] / px,
+        nv=c["nucleolus"][:, 1] * c["b"] / px,
+    )
     p = {k: v.astype(np.float32) for k, v in p.items()}
     # Half box size, rounded up to a multiple of 4 so that a few batches cover all cells.
     p["box"] = 4 * np.ceil((p["a"] + p["cyto"] + p["off"] + 4) / 4).astype(int)
     return p
 
 
-def _stamp_cells(p: dict, px: float, y0: int, h: int, w: int, tex: np.ndarray,
-                 acc_h: np.ndarray, acc_e: np.ndarray) -> None:
+def _stamp_cells(
+    p: dict,
+    px: float,
+    y0: int,
+    h: int,
+    w: int,
+    tex: np.ndarray,
+    acc_h: np.ndarray,
+    acc_e: np.ndarray,
+) -> None:
     """Add the H and E optical density of every cell touching rows [y0, y0+h) (batched by box)."""
     touch = (p["cy"] + p["box"] > y0) & (p["cy"] - p["box"] < y0 + h)
     for hb in np.unique(p["box"][touch]):
@@ -352,8 +428,9 @@ def _stamp_cells(p: dict, px: float, y0: int, h: int, w: int, tex: np.ndarray,
         chrom = tex[(rows % 128)[:, :, None], (cols % 128)[:, None, :]]
         prof = prof * chrom
         if (ves > 0.6).any():  # nucleolus
-            prof += (ves > 0.6) * np.exp(-((u - q["nu"]) ** 2 + (v - q["nv"]) ** 2)
-                                         / np.float32(2 * (0.6 / px) ** 2))
+            prof += (ves > 0.6) * np.exp(
+                -((u - q["nu"]) ** 2 + (v - q["nv"]) ** 2) / np.float32(2 * (0.6 / px) ** 2)
+            )
         cy_ = q["cyto"]
         dc = np.sqrt(((u - q["off"]) / (a + cy_)) ** 2 + (v / (b + cy_)) ** 2)
         cyt = np.clip((1 - dc) * (b + cy_) * 0.2 + 0.5, 0, 1)  # indistinct border
@@ -365,8 +442,9 @@ def _stamp_cells(p: dict, px: float, y0: int, h: int, w: int, tex: np.ndarray,
         acc_e += np.bincount(flat, eos[ok], acc_e.size).astype(np.float32)
 
 
-def _render_strip(f: dict, cp: dict, px: float, y0: int, h: int, w: int, tex: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def _render_strip(
+    f: dict, cp: dict, px: float, y0: int, h: int, w: int, tex: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     ys, xs = (np.arange(y0, y0 + h) + 0.5) * px, (np.arange(w) + 0.5) * px
     at = lambda k, step=_STEP: _grid_at(f[k], step, ys, xs)  # noqa: E731
     tissue = np.clip((at("tissue") - f["thr_tissue"]) / 0.04, 0, 1)
@@ -374,8 +452,9 @@ def _render_strip(f: dict, cp: dict, px: float, y0: int, h: int, w: int, tex: np
     agg = (1 - tum) * _sigmoid((at("tls") - 0.5) / 0.03)
     s2 = _STEP / 2
     grain = at("grain", 1.5)
-    stripes = [(0.5 + 0.5 * np.sin(_grid_at(f["phase"][k], s2, ys, xs) + 0.8 * grain)) ** 3
-               for k in (0, 1)]
+    stripes = [
+        (0.5 + 0.5 * np.sin(_grid_at(f["phase"][k], s2, ys, xs) + 0.8 * grain)) ** 3 for k in (0, 1)
+    ]
     bl = at("blend", s2)
     fibre = at("contrast", s2) * (bl * stripes[0] + (1 - bl) * stripes[1])
     stroma_e = 0.2 + 0.55 * fibre + 0.03 * grain
@@ -396,25 +475,28 @@ def _half(img: np.ndarray) -> np.ndarray:
     return ((s + 2) // 4).astype(np.uint8)
 
 
-def _write_wsi(path: pathlib.Path, f: dict, c: dict, px: float, side: int,
-               rng: np.random.Generator) -> None:
+def _write_wsi(
+    path: pathlib.Path, f: dict, c: dict, px: float, side: int, rng: np.random.Generator
+) -> None:
     import tifffile
+
     sides = [side]
     while sides[-1] >= 1024:
         sides.append(sides[-1] // 2)
     n_strips = -(-side // _STRIP)
-    strip_seeds = rng.integers(2 ** 63, size=n_strips)  # per strip, so strips are independent
+    strip_seeds = rng.integers(2**63, size=n_strips)  # per strip, so strips are independent
     tex = _chromatin(rng, px)
     cp = _cell_pixels(c, px)
     level1 = np.zeros((side // 2, side // 2, 3), np.uint8) if len(sides) > 1 else None
 
     def render(s: int) -> np.ndarray:
         y0 = s * _STRIP
-        strip = _render_strip(f, cp, px, y0, min(_STRIP, side - y0), side, tex,
-                              np.random.default_rng(strip_seeds[s]))
+        strip = _render_strip(
+            f, cp, px, y0, min(_STRIP, side - y0), side, tex, np.random.default_rng(strip_seeds[s])
+        )
         if level1 is not None:
             small = _half(strip)
-            level1[y0 // 2: y0 // 2 + small.shape[0]] = small
+            level1[y0 // 2 : y0 // 2 + small.shape[0]] = small
         return strip
 
     def tiles() -> Iterator[np.ndarray]:
@@ -426,15 +508,27 @@ def _write_wsi(path: pathlib.Path, f: dict, c: dict, px: float, side: int,
                 if s + 1 < n_strips:
                     nxt = pool.submit(render, s + 1)
                 for x0 in range(0, side, _STRIP):
-                    yield strip[:, x0: x0 + _STRIP]
+                    yield strip[:, x0 : x0 + _STRIP]
 
     # buffersize: compress one strip of tiles at a time rather than buffering up to 512 MB.
-    opts = dict(tile=(256, 256), compression="zlib", photometric="rgb",
-                buffersize=_STRIP * side * 3)
+    opts = dict(
+        tile=(256, 256), compression="zlib", photometric="rgb", buffersize=_STRIP * side * 3
+    )
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
-        tif.write(tiles(), shape=(side, side, 3), dtype=np.uint8, subifds=len(sides) - 1,
-                  metadata={"axes": "YXS", "PhysicalSizeX": px, "PhysicalSizeXUnit": "µm",
-                            "PhysicalSizeY": px, "PhysicalSizeYUnit": "µm"}, **opts)
+        tif.write(
+            tiles(),
+            shape=(side, side, 3),
+            dtype=np.uint8,
+            subifds=len(sides) - 1,
+            metadata={
+                "axes": "YXS",
+                "PhysicalSizeX": px,
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeY": px,
+                "PhysicalSizeYUnit": "µm",
+            },
+            **opts,
+        )
         level = level1
         for _ in sides[1:]:
             tif.write(level, subfiletype=1, **opts)
@@ -456,23 +550,36 @@ def _check_params(cells: pathlib.Path, params: dict) -> None:
     # Refuse to reuse files generated with other arguments rather than return them silently.
     import h5py
     from anndata.io import read_elem
+
     with h5py.File(cells, "r") as fh:
         old = read_elem(fh["uns/synthetic_params"])
     if any(k not in old or float(old[k]) != float(v) for k, v in params.items()):
         raise ValueError(f"{cells} was written with {old}, not {params}; use another out_dir")
 
 
-def write_synthetic_slide(out_dir: str | os.PathLike, *, seed: int = 0, size_um: float = 2560.0,
-                          pixel_size_um: float = 0.2737, n_genes: int = 120,
-                          cell_density: float = 1.0) -> SyntheticSlide:
+def write_synthetic_slide(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    size_um: float = 2560.0,
+    pixel_size_um: float = 0.2737,
+    n_genes: int = 120,
+    cell_density: float = 1.0,
+) -> SyntheticSlide:
     """Write `out_dir/slide.ome.tif` and `out_dir/cells.h5ad` (skipped if already there)."""
     if min(size_um, pixel_size_um, cell_density) <= 0 or n_genes < 1:
         raise ValueError("size_um, pixel_size_um, cell_density and n_genes must be positive")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slide = SyntheticSlide(wsi=out / "slide.ome.tif", cells=out / "cells.h5ad")
-    params = dict(seed=seed, size_um=size_um, pixel_size_um=pixel_size_um, n_genes=n_genes,
-                  cell_density=cell_density, version=1)
+    params = dict(
+        seed=seed,
+        size_um=size_um,
+        pixel_size_um=pixel_size_um,
+        n_genes=n_genes,
+        cell_density=cell_density,
+        version=1,
+    )
     if slide.cells.exists():
         _check_params(slide.cells, params)
         if slide.wsi.exists():
@@ -500,14 +607,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cell-density", type=float, default=1.0)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    s = write_synthetic_slide(a.out, seed=a.seed, size_um=a.size_um, pixel_size_um=a.pixel_size_um,
-                              n_genes=a.n_genes, cell_density=a.cell_density)
+    s = write_synthetic_slide(
+        a.out,
+        seed=a.seed,
+        size_um=a.size_um,
+        pixel_size_um=a.pixel_size_um,
+        n_genes=a.n_genes,
+        cell_density=a.cell_density,
+    )
     import anndata
+
     ad = anndata.read_h5ad(s.cells, backed="r")
     n_cells = ad.n_obs
     ad.file.close()
-    print(f"wsi: {s.wsi}\ncells: {s.cells}\nn_cells: {n_cells}\n"
-          f"time: {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wsi: {s.wsi}\ncells: {s.cells}\nn_cells: {n_cells}\n"
+        f"time: {time.perf_counter() - t0:.1f} s"
+    )
 
 
 if __name__ == "__main__":

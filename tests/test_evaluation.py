@@ -14,7 +14,6 @@ from sigmma_jax.evaluation import (
     tile_targets,
 )
 
-
 # --------------------------------------------------------------------------- references
 
 
@@ -22,8 +21,7 @@ def _recall_bruteforce(sim, percents=PERCENTS):
     # Independent route: sort each row (best first) and find where the partner lands. Continuous
     # random similarities have no ties, so position == number of strictly greater candidates.
     n = sim.shape[0]
-    pos = np.array([int(np.where(np.argsort(-sim[i], kind="stable") == i)[0][0])
-                    for i in range(n)])
+    pos = np.array([int(np.where(np.argsort(-sim[i], kind="stable") == i)[0][0]) for i in range(n)])
     out = {}
     for p in percents:
         k = (p * n + 99) // 100  # integer ceil(p * n / 100)
@@ -58,8 +56,10 @@ def _probe_reference(train_x, train_y, test_x, test_y, n_components, n_genes, in
     pcc_tile = _pearson_rows(pred, y)
     mse_tile = ((pred - y) ** 2).mean(axis=1)
     return {
-        "pcc_tile_mean": pcc_tile.mean(), "pcc_tile_sd": pcc_tile.std(),
-        "mse_tile_mean": mse_tile.mean(), "mse_tile_sd": mse_tile.std(),
+        "pcc_tile_mean": pcc_tile.mean(),
+        "pcc_tile_sd": pcc_tile.std(),
+        "mse_tile_mean": mse_tile.mean(),
+        "mse_tile_sd": mse_tile.std(),
         "pcc_gene_mean": _pearson_rows(pred.T, y.T).mean(),
     }
 
@@ -103,12 +103,14 @@ def test_recall_ceil_is_exact_for_round_products():
 
 def test_recall_hand_made():
     # N = 4 -> k = ceil(0.2) = ceil(0.4) = ceil(0.6) = 1 for every p: only rank 0 counts.
-    sim = np.array([
-        [0.9, 0.1, 0.2, 0.3],  # partner best -> hit
-        [0.8, 0.5, 0.1, 0.0],  # one better -> miss
-        [0.0, 0.0, 0.7, 0.7],  # tie with a candidate: rank 0 (strictly greater only) -> hit
-        [0.9, 0.8, 0.7, 0.1],  # worst -> miss
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # partner best -> hit
+            [0.8, 0.5, 0.1, 0.0],  # one better -> miss
+            [0.0, 0.0, 0.7, 0.7],  # tie with a candidate: rank 0 (strictly greater only) -> hit
+            [0.9, 0.8, 0.7, 0.1],  # worst -> miss
+        ]
+    )
     assert recall_at_percent(sim) == {"R@5": 0.5, "R@10": 0.5, "R@15": 0.5}
     # N = 30 -> k = 2, 3, 5: put query 0's partner at rank 2.
     sim = np.eye(30)
@@ -199,8 +201,9 @@ def test_select_hvgs():
         (200, 80, 64, 80, 16, 50),  # genuine reduction
     ],
 )
-def test_linear_probe_matches_numpy_reference(n_train, n_test, n_feat, n_genes_total,
-                                              n_components, n_genes):
+def test_linear_probe_matches_numpy_reference(
+    n_train, n_test, n_feat, n_genes_total, n_components, n_genes
+):
     rng = np.random.default_rng(n_train + n_feat)
     x_tr, y_tr, x_te, y_te = _linear_data(rng, n_train, n_test, n_feat, n_genes_total, noise=3.0)
     got = linear_probe(x_tr, y_tr, x_te, y_te, n_components=n_components, n_genes=n_genes)
@@ -209,8 +212,9 @@ def test_linear_probe_matches_numpy_reference(n_train, n_test, n_feat, n_genes_t
     assert got["n_components"] == min(n_components, n_train, n_feat)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
-    got = linear_probe(x_tr, y_tr, x_te, y_te, n_components=n_components, n_genes=n_genes,
-                       fit_intercept=True)
+    got = linear_probe(
+        x_tr, y_tr, x_te, y_te, n_components=n_components, n_genes=n_genes, fit_intercept=True
+    )
     want = _probe_reference(x_tr, y_tr, x_te, y_te, n_components, n_genes, intercept=True)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
@@ -271,5 +275,6 @@ def test_knn_expression_matches_bruteforce():
     np.testing.assert_allclose(knn_expression(train_emb, train_y, query_emb, k=10), want)
     np.testing.assert_allclose(knn_expression(train_emb, train_y, query_emb, k=10, chunk=8), want)
     # k above the training set size averages everything.
-    np.testing.assert_allclose(knn_expression(train_emb, train_y, query_emb, k=500),
-                               np.tile(train_y.mean(0), (37, 1)))
+    np.testing.assert_allclose(
+        knn_expression(train_emb, train_y, query_emb, k=500), np.tile(train_y.mean(0), (37, 1))
+    )

@@ -5,108 +5,118 @@ from sigmma_jax import graphs, input_pipeline, records
 
 
 class _FixedRng:
-  """Stands in for np.random.Generator to pick one dihedral transform."""
+    """Stands in for np.random.Generator to pick one dihedral transform."""
 
-  def __init__(self, k):
-    self.k = k
+    def __init__(self, k):
+        self.k = k
 
-  def integers(self, n):
-    return self.k
+    def integers(self, n):
+        return self.k
 
 
 def _tile(n=60, m=256, seed=0, genes=7):
-  rng = np.random.default_rng(seed)
-  xy = rng.uniform(0, m, (n, 2)).astype(np.float32)
-  blocks = graphs.micro_blocks(xy, m)
-  s, r = graphs.build_micro_graph(xy, blocks)
-  counts = rng.poisson(2.0, (n, genes)).astype(np.float32)
-  return dict(image=rng.integers(0, 256, (m, m, 3), dtype=np.uint8), xy=xy, blocks=blocks,
-              counts=counts, senders=s, receivers=r, tile_counts=counts.sum(0),
-              meta=dict(slide="s", row=0, col=0, n_cells=n))
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, m, (n, 2)).astype(np.float32)
+    blocks = graphs.micro_blocks(xy, m)
+    s, r = graphs.build_micro_graph(xy, blocks)
+    counts = rng.poisson(2.0, (n, genes)).astype(np.float32)
+    return dict(
+        image=rng.integers(0, 256, (m, m, 3), dtype=np.uint8),
+        xy=xy,
+        blocks=blocks,
+        counts=counts,
+        senders=s,
+        receivers=r,
+        tile_counts=counts.sum(0),
+        meta=dict(slide="s", row=0, col=0, n_cells=n),
+    )
 
 
 @pytest.mark.parametrize("k", range(8))
 def test_augmentation_keeps_every_cell_on_its_pixels(k):
-  t = _tile()
-  a = input_pipeline.augment(t, _FixedRng(k))
-  px = lambda tile: tile["image"][np.floor(tile["xy"][:, 1]).astype(int),
-                                  np.floor(tile["xy"][:, 0]).astype(int)]
-  np.testing.assert_array_equal(px(a), px(t))
-  # The image is a permutation of the same pixels and blocks follow the coordinates.
-  assert sorted(a["image"].reshape(-1, 3).tolist()) == sorted(t["image"].reshape(-1, 3).tolist())
-  np.testing.assert_array_equal(a["blocks"], graphs.micro_blocks(a["xy"], 256))
-  # Edges never cross a block after augmentation, and expression rides with its cell.
-  np.testing.assert_array_equal(a["blocks"][a["senders"]], a["blocks"][a["receivers"]])
-  np.testing.assert_array_equal(a["counts"], t["counts"])
+    t = _tile()
+    a = input_pipeline.augment(t, _FixedRng(k))
+    px = lambda tile: tile["image"][
+        np.floor(tile["xy"][:, 1]).astype(int), np.floor(tile["xy"][:, 0]).astype(int)
+    ]
+    np.testing.assert_array_equal(px(a), px(t))
+    # The image is a permutation of the same pixels and blocks follow the coordinates.
+    assert sorted(a["image"].reshape(-1, 3).tolist()) == sorted(t["image"].reshape(-1, 3).tolist())
+    np.testing.assert_array_equal(a["blocks"], graphs.micro_blocks(a["xy"], 256))
+    # Edges never cross a block after augmentation, and expression rides with its cell.
+    np.testing.assert_array_equal(a["blocks"][a["senders"]], a["blocks"][a["receivers"]])
+    np.testing.assert_array_equal(a["counts"], t["counts"])
 
 
 def test_augmentation_covers_the_eight_transforms():
-  t = _tile()
-  outs = {input_pipeline.augment(t, _FixedRng(k))["image"].tobytes() for k in range(8)}
-  assert len(outs) == 8
+    t = _tile()
+    outs = {input_pipeline.augment(t, _FixedRng(k))["image"].tobytes() for k in range(8)}
+    assert len(outs) == 8
 
 
 def test_block_of_a_cell_on_a_border_is_kept_exactly():
-  t = _tile(n=3)
-  t["xy"] = np.array([[64.0, 10.5], [128.0, 200.25], [10.5, 192.0]], np.float32)
-  t["blocks"] = graphs.micro_blocks(t["xy"], 256)
-  a = input_pipeline.augment(t, _FixedRng(6))  # mirror x and y
-  np.testing.assert_array_equal(a["blocks"], 3 - t["blocks"])
+    t = _tile(n=3)
+    t["xy"] = np.array([[64.0, 10.5], [128.0, 200.25], [10.5, 192.0]], np.float32)
+    t["blocks"] = graphs.micro_blocks(t["xy"], 256)
+    a = input_pipeline.augment(t, _FixedRng(6))  # mirror x and y
+    np.testing.assert_array_equal(a["blocks"], 3 - t["blocks"])
 
 
 def test_record_roundtrip():
-  t = _tile()
-  back = records.decode(records.encode(t))
-  for k in records.FIELDS:
-    np.testing.assert_array_equal(back[k], t[k])
-    assert back[k].dtype == records.FIELDS[k]
-  assert back["meta"] == t["meta"]
+    t = _tile()
+    back = records.decode(records.encode(t))
+    for k in records.FIELDS:
+        np.testing.assert_array_equal(back[k], t[k])
+        assert back[k].dtype == records.FIELDS[k]
+    assert back["meta"] == t["meta"]
 
 
 def test_pad_and_collate_layout():
-  tiles = [_tile(n=n, seed=n) for n in (10, 60, 33)]
-  padded = [input_pipeline.pad_tile(t, 64, 512) for t in tiles]
-  batch = input_pipeline.collate(padded)
-  g = batch["graph"]
-  assert batch["image"].shape == (3, 256, 256, 3)
-  assert g.nodes["counts"].shape == (3 * 64, 7) and g.senders.shape == (3 * 512,)
-  np.testing.assert_array_equal(g.n_node, [64, 64, 64])
-  for b, t in enumerate(tiles):
-    n, e = len(t["xy"]), len(t["senders"])
-    mask = g.nodes["mask"][b * 64:(b + 1) * 64]
-    assert mask.sum() == n and mask[:n].all()
-    np.testing.assert_array_equal(g.nodes["counts"][b * 64:b * 64 + n], t["counts"])
-    emask = g.edges["mask"][b * 512:(b + 1) * 512]
-    assert emask.sum() == e
-    # Senders index the global node array, inside the tile's own slot.
-    s = g.senders[b * 512:b * 512 + e]
-    np.testing.assert_array_equal(s, t["senders"] + b * 64)
-  with pytest.raises(ValueError, match="over the budget"):
-    input_pipeline.pad_tile(_tile(n=70), 64, 512)
+    tiles = [_tile(n=n, seed=n) for n in (10, 60, 33)]
+    padded = [input_pipeline.pad_tile(t, 64, 512) for t in tiles]
+    batch = input_pipeline.collate(padded)
+    g = batch["graph"]
+    assert batch["image"].shape == (3, 256, 256, 3)
+    assert g.nodes["counts"].shape == (3 * 64, 7) and g.senders.shape == (3 * 512,)
+    np.testing.assert_array_equal(g.n_node, [64, 64, 64])
+    for b, t in enumerate(tiles):
+        n, e = len(t["xy"]), len(t["senders"])
+        mask = g.nodes["mask"][b * 64 : (b + 1) * 64]
+        assert mask.sum() == n and mask[:n].all()
+        np.testing.assert_array_equal(g.nodes["counts"][b * 64 : b * 64 + n], t["counts"])
+        emask = g.edges["mask"][b * 512 : (b + 1) * 512]
+        assert emask.sum() == e
+        # Senders index the global node array, inside the tile's own slot.
+        s = g.senders[b * 512 : b * 512 + e]
+        np.testing.assert_array_equal(s, t["senders"] + b * 64)
+    with pytest.raises(ValueError, match="over the budget"):
+        input_pipeline.pad_tile(_tile(n=70), 64, 512)
 
 
 def test_train_iterator_batches_and_resumes(shards):
-  config, manifest = shards
-  it = input_pipeline.train_iterator(config.data.shard_dir, manifest, 8, seed=0)
-  first = [next(it) for _ in range(3)]
-  b = first[0]
-  nodes = manifest["budgets"]["nodes"]
-  assert b["image"].shape == (8, 256, 256, 3)
-  assert b["graph"].nodes["counts"].shape == (8 * nodes, len(manifest["genes"]))
-  state = it.get_state()
-  expected = next(it)
-  it2 = input_pipeline.train_iterator(config.data.shard_dir, manifest, 8, seed=0)
-  it2.set_state(state)
-  np.testing.assert_array_equal(next(it2)["image"], expected["image"])
-  # Every cell of every batch stays inside its micro block's edges after augmentation.
-  g = b["graph"]
-  keep = g.edges["mask"]
-  np.testing.assert_array_equal(g.nodes["blocks"][g.senders[keep]], g.nodes["blocks"][g.receivers[keep]])
+    config, manifest = shards
+    it = input_pipeline.train_iterator(config.data.shard_dir, manifest, 8, seed=0)
+    first = [next(it) for _ in range(3)]
+    b = first[0]
+    nodes = manifest["budgets"]["nodes"]
+    assert b["image"].shape == (8, 256, 256, 3)
+    assert b["graph"].nodes["counts"].shape == (8 * nodes, len(manifest["genes"]))
+    state = it.get_state()
+    expected = next(it)
+    it2 = input_pipeline.train_iterator(config.data.shard_dir, manifest, 8, seed=0)
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["image"], expected["image"])
+    # Every cell of every batch stays inside its micro block's edges after augmentation.
+    g = b["graph"]
+    keep = g.edges["mask"]
+    np.testing.assert_array_equal(
+        g.nodes["blocks"][g.senders[keep]], g.nodes["blocks"][g.receivers[keep]]
+    )
 
 
 def test_eval_batches_cover_the_split_once(shards):
-  config, manifest = shards
-  n = len(manifest["splits"]["test"])
-  batches = list(input_pipeline.eval_batches(config.data.shard_dir, manifest, "test", 8))
-  valid = np.concatenate([b["graph"].globals["valid"] for b in batches])
-  assert valid.sum() == n and valid[:n].all() and len(valid) % 8 == 0
+    config, manifest = shards
+    n = len(manifest["splits"]["test"])
+    batches = list(input_pipeline.eval_batches(config.data.shard_dir, manifest, "test", 8))
+    valid = np.concatenate([b["graph"].globals["valid"] for b in batches])
+    assert valid.sum() == n and valid[:n].all() and len(valid) % 8 == 0

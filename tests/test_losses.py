@@ -1,50 +1,53 @@
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 from sigmma_jax import losses
 
 
 def _numpy_info_nce(a, b, t):
-  logits = a @ b.T / t
+    logits = a @ b.T / t
 
-  def ce(lg):  # cross-entropy with the diagonal as labels, via a stable log-softmax
-    lg = lg - lg.max(1, keepdims=True)
-    return -(np.diag(lg) - np.log(np.exp(lg).sum(1))).mean()
+    def ce(lg):  # cross-entropy with the diagonal as labels, via a stable log-softmax
+        lg = lg - lg.max(1, keepdims=True)
+        return -(np.diag(lg) - np.log(np.exp(lg).sum(1))).mean()
 
-  return 0.5 * (ce(logits) + ce(logits.T))
+    return 0.5 * (ce(logits) + ce(logits.T))
 
 
 def _unit(x):
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_info_nce_matches_numpy():
-  rng = np.random.default_rng(0)
-  for n, d, t in [(4, 8, 0.07), (16, 32, 0.5), (33, 5, 1.0)]:
-    a, b = _unit(rng.normal(size=(n, d))), _unit(rng.normal(size=(n, d)))
-    got = float(losses.info_nce(jnp.asarray(a), jnp.asarray(b), t))
-    np.testing.assert_allclose(got, _numpy_info_nce(a, b, t), rtol=1e-5)
+    rng = np.random.default_rng(0)
+    for n, d, t in [(4, 8, 0.07), (16, 32, 0.5), (33, 5, 1.0)]:
+        a, b = _unit(rng.normal(size=(n, d))), _unit(rng.normal(size=(n, d)))
+        got = float(losses.info_nce(jnp.asarray(a), jnp.asarray(b), t))
+        np.testing.assert_allclose(got, _numpy_info_nce(a, b, t), rtol=1e-5)
 
 
 def test_info_nce_is_low_for_aligned_pairs_and_symmetric():
-  rng = np.random.default_rng(1)
-  a = _unit(rng.normal(size=(8, 16)))
-  b = _unit(rng.normal(size=(8, 16)))
-  aligned = float(losses.info_nce(jnp.asarray(a), jnp.asarray(a), 0.05))
-  random = float(losses.info_nce(jnp.asarray(a), jnp.asarray(b), 0.05))
-  assert aligned < 0.01 < np.log(8) * 0.5 < random
-  np.testing.assert_allclose(float(losses.info_nce(jnp.asarray(b), jnp.asarray(a), 0.05)), random,
-                             rtol=1e-6)
+    rng = np.random.default_rng(1)
+    a = _unit(rng.normal(size=(8, 16)))
+    b = _unit(rng.normal(size=(8, 16)))
+    aligned = float(losses.info_nce(jnp.asarray(a), jnp.asarray(a), 0.05))
+    random = float(losses.info_nce(jnp.asarray(a), jnp.asarray(b), 0.05))
+    assert aligned < 0.01 < np.log(8) * 0.5 < random
+    np.testing.assert_allclose(
+        float(losses.info_nce(jnp.asarray(b), jnp.asarray(a), 0.05)), random, rtol=1e-6
+    )
 
 
 def test_sigmma_loss_sums_weighted_scales():
-  rng = np.random.default_rng(2)
-  z = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
-  w = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
-  out = dict(he=z, st=w, temperature=jnp.float32(0.1))
-  total, per = losses.sigmma_loss(out, (1.0, 0.5, 2.0))
-  for s in losses.SCALES:
-    np.testing.assert_allclose(float(per[s]), _numpy_info_nce(np.asarray(z[s]), np.asarray(w[s]), 0.1),
-                               rtol=1e-5)
-  np.testing.assert_allclose(float(total), float(per["micro"] + 0.5 * per["meso"] +
-                                                 2.0 * per["macro"]), rtol=1e-6)
+    rng = np.random.default_rng(2)
+    z = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
+    w = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
+    out = dict(he=z, st=w, temperature=jnp.float32(0.1))
+    total, per = losses.sigmma_loss(out, (1.0, 0.5, 2.0))
+    for s in losses.SCALES:
+        np.testing.assert_allclose(
+            float(per[s]), _numpy_info_nce(np.asarray(z[s]), np.asarray(w[s]), 0.1), rtol=1e-5
+        )
+    np.testing.assert_allclose(
+        float(total), float(per["micro"] + 0.5 * per["meso"] + 2.0 * per["macro"]), rtol=1e-6
+    )

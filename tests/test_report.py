@@ -1,4 +1,5 @@
 import json
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -13,15 +14,24 @@ def _recalls(base):
 
 def _retrieval(offset):
     return {
-        d: {s: _recalls(round(offset + 0.05 * i + 0.01 * j, 4))
-            for i, s in enumerate(("micro", "meso", "macro", "combined"))}
+        d: {
+            s: _recalls(round(offset + 0.05 * i + 0.01 * j, 4))
+            for i, s in enumerate(("micro", "meso", "macro", "combined"))
+        }
         for j, d in enumerate(("he_to_st", "st_to_he"))
     }
 
 
 def _probe(pcc):
-    return {"pcc_tile_mean": pcc, "pcc_tile_sd": 0.1234, "mse_tile_mean": 1.5678,
-            "mse_tile_sd": 0.4321, "pcc_gene_mean": pcc / 2, "n_genes": 50, "n_components": 256}
+    return {
+        "pcc_tile_mean": pcc,
+        "pcc_tile_sd": 0.1234,
+        "mse_tile_mean": 1.5678,
+        "mse_tile_sd": 0.4321,
+        "pcc_gene_mean": pcc / 2,
+        "n_genes": 50,
+        "n_components": 256,
+    }
 
 
 def _results():
@@ -36,9 +46,19 @@ def _results():
 
 
 def _history(n=20):
-    return [{"step": 10 * i, "loss": 9.0 - 0.3 * i, "loss_micro": 3.1 - 0.1 * i,
-             "loss_meso": 3.0 - 0.1 * i, "loss_macro": 2.9 - 0.1 * i,
-             "temperature": 0.07 - 0.001 * i, "grad_norm": 1.0, "lr": 1e-4} for i in range(n)]
+    return [
+        {
+            "step": 10 * i,
+            "loss": 9.0 - 0.3 * i,
+            "loss_micro": 3.1 - 0.1 * i,
+            "loss_meso": 3.0 - 0.1 * i,
+            "loss_macro": 2.9 - 0.1 * i,
+            "temperature": 0.07 - 0.001 * i,
+            "grad_norm": 1.0,
+            "lr": 1e-4,
+        }
+        for i in range(n)
+    ]
 
 
 def _assert_png(path):
@@ -137,7 +157,6 @@ def test_read_history_warns_on_corrupt_middle_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.warns(UserWarning):
         assert read_history(path) == hist
-
 
 
 def test_chance_level_uses_exact_top_k():

@@ -1,4 +1,5 @@
 """Tests for sigmma_jax.synthetic: file formats, determinism, biology, atomic writes."""
+
 import os
 import pathlib
 import xml.etree.ElementTree as ET
@@ -74,7 +75,8 @@ def test_cells_format(adata):
     ft = adata.var["feature_type"].astype(str)
     assert (ft == "gene").sum() == n_genes and (ft == "control").sum() == len(synthetic.CONTROLS)
     assert {"EPCAM", "CD3E", "MS4A1", "CD68", "PECAM1", "COL1A1", "CXCL9", "FAP", "VEGFA"} <= set(
-        adata.var_names)
+        adata.var_names
+    )
     assert adata.uns["pixel_size_um"] == PX and int(adata.uns["seed"]) == SEED
 
 
@@ -83,7 +85,7 @@ def test_types_counts_and_controls(adata):
     assert (types >= 10).sum() >= 5, types
     assert set(adata.obs["domain"].unique()) == {"stroma", "tumour", "immune_aggregate"}
     # ~1 cell per 150-250 µm² of tissue; 85 % of the slide is tissue
-    area_per_cell = 0.85 * SIZE_UM ** 2 / adata.n_obs
+    area_per_cell = 0.85 * SIZE_UM**2 / adata.n_obs
     assert 130 < area_per_cell < 260, area_per_cell
     total = np.asarray(adata.X.sum(1)).ravel()
     assert 50 <= np.median(total) <= 200
@@ -95,8 +97,12 @@ def test_types_counts_and_controls(adata):
     # markers follow the type: EPCAM in tumour cells, CD3E in T cells
     X = adata.X.toarray()
     t = adata.obs["cell_type"].to_numpy()
-    for gene, typ in [("EPCAM", "tumour"), ("CD3E", "T_cell"), ("MS4A1", "B_cell"),
-                      ("COL1A1", "fibroblast")]:
+    for gene, typ in [
+        ("EPCAM", "tumour"),
+        ("CD3E", "T_cell"),
+        ("MS4A1", "B_cell"),
+        ("COL1A1", "fibroblast"),
+    ]:
         g = adata.var_names.get_loc(gene)
         assert X[t == typ, g].mean() > 5 * X[t != typ, g].mean()
 
@@ -139,15 +145,15 @@ def test_morphology_partly_informative(adata, image):
     t = adata.obs["cell_type"].to_numpy()
     od = _od(image)
     r_px = 6.0 / PX
-    yy, xx = np.mgrid[-int(r_px):int(r_px) + 1, -int(r_px):int(r_px) + 1]
-    disc = yy ** 2 + xx ** 2 <= r_px ** 2
-    centre = yy ** 2 + xx ** 2 <= (1.5 / PX) ** 2
+    yy, xx = np.mgrid[-int(r_px) : int(r_px) + 1, -int(r_px) : int(r_px) + 1]
+    disc = yy**2 + xx**2 <= r_px**2
+    centre = yy**2 + xx**2 <= (1.5 / PX) ** 2
     ok = ((xy >= r_px + 1) & (xy < SIDE - r_px - 1)).all(1)
     nuc_area, darkness = np.zeros(len(t)), np.zeros(len(t))
     for i in np.flatnonzero(ok):
         x, y = np.round(xy[i]).astype(int)
-        win = od[y - int(r_px): y + int(r_px) + 1, x - int(r_px): x + int(r_px) + 1]
-        nuc_area[i] = (win[disc] > 0.2).sum() * PX ** 2  # µm² of hematoxylin-dense pixels
+        win = od[y - int(r_px) : y + int(r_px) + 1, x - int(r_px) : x + int(r_px) + 1]
+        nuc_area[i] = (win[disc] > 0.2).sum() * PX**2  # µm² of hematoxylin-dense pixels
         darkness[i] = win[centre].mean()
     tum, lym = ok & (t == "tumour"), ok & np.isin(t, ["T_cell", "B_cell"])
     # tumour nuclei: bigger, paler (vesicular) than lymphocytes, on average ...

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from sigmma_jax import readers, xenium
 from slides import pink_slide, write_cells
 from xenium_fixtures import rotation_affine, write_xenium_bundle, xenium_cell_ids
+
+from sigmma_jax import readers, xenium
 
 HE_PX = 0.2737
 SIDE = 1200

@@ -22,126 +22,143 @@ NEG = -1e9
 
 
 def gelu(x):
-  return nn.gelu(x, approximate=False)
+    return nn.gelu(x, approximate=False)
 
 
 class SAGE(nn.Module):
-  """h' = LN(h + gelu(W [h_v ; Σ_u w_uv h_u / Σ_u w_uv])): SIGMMA eq. 1 with a weighted mean.
+    """h' = LN(h + gelu(W [h_v ; Σ_u w_uv h_u / Σ_u w_uv])): SIGMMA eq. 1 with a weighted mean.
 
-  The residual and LayerNorm are our addition: they keep node states on one scale as layers stack
-  across the three graph scales.
-  """
-  dim: int
+    The residual and LayerNorm are our addition: they keep node states on one scale as layers stack
+    across the three graph scales.
+    """
 
-  @nn.compact
-  def __call__(self, h, adj):
-    deg = adj.sum(-1, keepdims=True)
-    agg = jnp.einsum("bvu,bud->bvd", adj, h) / jnp.maximum(deg, 1e-6)  # isolated cell -> 0
-    out = gelu(nn.Dense(self.dim)(jnp.concatenate([h, agg], -1)))
-    return nn.LayerNorm()(h + out)
+    dim: int
+
+    @nn.compact
+    def __call__(self, h, adj):
+        deg = adj.sum(-1, keepdims=True)
+        agg = jnp.einsum("bvu,bud->bvd", adj, h) / jnp.maximum(deg, 1e-6)  # isolated cell -> 0
+        out = gelu(nn.Dense(self.dim)(jnp.concatenate([h, agg], -1)))
+        return nn.LayerNorm()(h + out)
 
 
 class AttentionPool(nn.Module):
-  """Global attention pooling (Li et al. 2015): z = Σ softmax(gate(h))_v φ(h_v); padding weight 0."""
-  dim: int
+    """Global attention pooling (Li et al. 2015): z = Σ softmax(gate(h))_v φ(h_v); padding weight 0."""
 
-  @nn.compact
-  def __call__(self, h, mask):
-    gate = jnp.where(mask, nn.Dense(1, name="gate")(h)[..., 0], NEG)
-    alpha = jax.nn.softmax(gate, -1) * mask  # an all-padding tile gives zeros, not NaN
-    return jnp.einsum("bn,bnd->bd", alpha, nn.Dense(self.dim, name="phi")(h))
+    dim: int
+
+    @nn.compact
+    def __call__(self, h, mask):
+        gate = jnp.where(mask, nn.Dense(1, name="gate")(h)[..., 0], NEG)
+        alpha = jax.nn.softmax(gate, -1) * mask  # an all-padding tile gives zeros, not NaN
+        return jnp.einsum("bn,bnd->bd", alpha, nn.Dense(self.dim, name="phi")(h))
 
 
 class EdgeSampler(nn.Module):
-  """Weights in [0, 1] for candidate pairs: s_uv = σ(MLP([h_u, h_v])), relaxed Bernoulli sample.
+    """Weights in [0, 1] for candidate pairs: s_uv = σ(MLP([h_u, h_v])), relaxed Bernoulli sample.
 
-  The MLP's first layer is split as W_u h_u + W_v h_v so the (B, N, N, hidden) tensor is formed
-  once, never a (B, N, N, 2D) concatenation. Scores and noise are symmetrised: edges are undirected.
-  """
-  hidden: int
-  tau: float
-  straight_through: bool
-  mode: str          # "gumbel" | "full" | "none"
-  eval_edges: str    # "expectation" | "threshold"
+    The MLP's first layer is split as W_u h_u + W_v h_v so the (B, N, N, hidden) tensor is formed
+    once, never a (B, N, N, 2D) concatenation. Scores and noise are symmetrised: edges are undirected.
+    """
 
-  @nn.compact
-  def __call__(self, h, candidates, train: bool):
-    c = candidates.astype(jnp.float32)
-    if self.mode == "none":
-      return jnp.zeros_like(c)
-    if self.mode == "full":  # ablation: fully connect each block
-      return c
-    z = nn.relu(nn.Dense(self.hidden, name="u")(h)[:, :, None] +
-                nn.Dense(self.hidden, use_bias=False, name="v")(h)[:, None, :])
-    logit = nn.Dense(1, name="out")(z)[..., 0]
-    logit = 0.5 * (logit + logit.swapaxes(1, 2))
-    if train:
-      u = jax.random.uniform(self.make_rng("gumbel"), logit.shape, minval=1e-6, maxval=1 - 1e-6)
-      u = jnp.triu(u, 1) + jnp.triu(u, 1).swapaxes(1, 2) + 0.5 * jnp.eye(u.shape[-1])
-      y = jax.nn.sigmoid((logit + jnp.log(u) - jnp.log1p(-u)) / self.tau)
-      if self.straight_through:  # hard 0/1 forward, relaxed gradient (Piao et al.)
-        y = y + jax.lax.stop_gradient((y > 0.5).astype(y.dtype) - y)
-    else:
-      p = jax.nn.sigmoid(logit)
-      y = p if self.eval_edges == "expectation" else (p > 0.5).astype(p.dtype)
-    return y * c
+    hidden: int
+    tau: float
+    straight_through: bool
+    mode: str  # "gumbel" | "full" | "none"
+    eval_edges: str  # "expectation" | "threshold"
+
+    @nn.compact
+    def __call__(self, h, candidates, train: bool):
+        c = candidates.astype(jnp.float32)
+        if self.mode == "none":
+            return jnp.zeros_like(c)
+        if self.mode == "full":  # ablation: fully connect each block
+            return c
+        z = nn.relu(
+            nn.Dense(self.hidden, name="u")(h)[:, :, None]
+            + nn.Dense(self.hidden, use_bias=False, name="v")(h)[:, None, :]
+        )
+        logit = nn.Dense(1, name="out")(z)[..., 0]
+        logit = 0.5 * (logit + logit.swapaxes(1, 2))
+        if train:
+            u = jax.random.uniform(
+                self.make_rng("gumbel"), logit.shape, minval=1e-6, maxval=1 - 1e-6
+            )
+            u = jnp.triu(u, 1) + jnp.triu(u, 1).swapaxes(1, 2) + 0.5 * jnp.eye(u.shape[-1])
+            y = jax.nn.sigmoid((logit + jnp.log(u) - jnp.log1p(-u)) / self.tau)
+            if self.straight_through:  # hard 0/1 forward, relaxed gradient (Piao et al.)
+                y = y + jax.lax.stop_gradient((y > 0.5).astype(y.dtype) - y)
+        else:
+            p = jax.nn.sigmoid(logit)
+            y = p if self.eval_edges == "expectation" else (p > 0.5).astype(p.dtype)
+        return y * c
 
 
 def dense_tiles(graph: jraph.GraphsTuple):
-  """Per-tile views of a fixed-slot batch: counts (B,N,G), mask (B,N), blocks (B,N,2), adj (B,N,N)."""
-  b = graph.n_node.shape[0]
-  n = graph.nodes["mask"].shape[0] // b
-  e = graph.senders.shape[0] // b
-  base = (jnp.arange(b) * n)[:, None]
-  snd = graph.senders.reshape(b, e) - base
-  rcv = graph.receivers.reshape(b, e) - base
-  w = graph.edges["mask"].reshape(b, e).astype(jnp.float32)
-  # Row = receiving cell, column = sending cell; padded edges carry weight 0.
-  adj = jax.vmap(lambda s, r, w: jnp.zeros((n, n)).at[r, s].max(w))(snd, rcv, w)
-  return (graph.nodes["counts"].reshape(b, n, -1), graph.nodes["mask"].reshape(b, n),
-          graph.nodes["blocks"].reshape(b, n, 2), adj)
+    """Per-tile views of a fixed-slot batch: counts (B,N,G), mask (B,N), blocks (B,N,2), adj (B,N,N)."""
+    b = graph.n_node.shape[0]
+    n = graph.nodes["mask"].shape[0] // b
+    e = graph.senders.shape[0] // b
+    base = (jnp.arange(b) * n)[:, None]
+    snd = graph.senders.reshape(b, e) - base
+    rcv = graph.receivers.reshape(b, e) - base
+    w = graph.edges["mask"].reshape(b, e).astype(jnp.float32)
+    # Row = receiving cell, column = sending cell; padded edges carry weight 0.
+    adj = jax.vmap(lambda s, r, w: jnp.zeros((n, n)).at[r, s].max(w))(snd, rcv, w)
+    return (
+        graph.nodes["counts"].reshape(b, n, -1),
+        graph.nodes["mask"].reshape(b, n),
+        graph.nodes["blocks"].reshape(b, n, 2),
+        adj,
+    )
 
 
 class STEncoder(nn.Module):
-  hidden: int = 256
-  layers_per_scale: int = 1
-  target_sum: float = 100.0
-  edge_hidden: int = 32
-  edge_sampling: str = "gumbel"
-  gumbel_tau: float = 0.5
-  straight_through: bool = True
-  eval_edges: str = "expectation"
+    hidden: int = 256
+    layers_per_scale: int = 1
+    target_sum: float = 100.0
+    edge_hidden: int = 32
+    edge_sampling: str = "gumbel"
+    gumbel_tau: float = 0.5
+    straight_through: bool = True
+    eval_edges: str = "expectation"
 
-  @nn.compact
-  def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> dict[str, jax.Array]:
-    counts, mask, blocks, adj = dense_tiles(graph)
-    # Library-size normalisation then log1p, the usual Xenium per-cell normalisation.
-    x = jnp.log1p(counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0) * self.target_sum)
-    h = gelu(nn.LayerNorm()(nn.Dense(self.hidden, name="embed")(x)))
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> dict[str, jax.Array]:
+        counts, mask, blocks, adj = dense_tiles(graph)
+        # Library-size normalisation then log1p, the usual Xenium per-cell normalisation.
+        x = jnp.log1p(counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0) * self.target_sum)
+        h = gelu(nn.LayerNorm()(nn.Dense(self.hidden, name="embed")(x)))
 
-    n = mask.shape[1]
-    pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)
+        n = mask.shape[1]
+        pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)
 
-    def same_block(per_side):
-      b = blocks // (MICRO_PER_SIDE // per_side)
-      ids = b[..., 1] * per_side + b[..., 0]
-      return ids[:, :, None] == ids[:, None, :]
+        def same_block(per_side):
+            b = blocks // (MICRO_PER_SIDE // per_side)
+            ids = b[..., 1] * per_side + b[..., 0]
+            return ids[:, :, None] == ids[:, None, :]
 
-    def layers(h, adj, scale):
-      for i in range(self.layers_per_scale):
-        h = SAGE(self.hidden, name=f"sage_{scale}_{i}")(h, adj)
-      return h
+        def layers(h, adj, scale):
+            for i in range(self.layers_per_scale):
+                h = SAGE(self.hidden, name=f"sage_{scale}_{i}")(h, adj)
+            return h
 
-    out = {}
-    h = layers(h, adj, "micro")
-    out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
-    existing = adj > 0
-    for scale, per_side in (("meso", 2), ("macro", 1)):
-      cand = jax.lax.stop_gradient(pair & same_block(per_side) & ~existing)
-      y = EdgeSampler(self.edge_hidden, self.gumbel_tau, self.straight_through, self.edge_sampling,
-                      self.eval_edges, name=f"edges_{scale}")(h, cand, train)
-      adj = adj + y
-      existing = existing | (jax.lax.stop_gradient(y) > 0.5)
-      h = layers(h, adj, scale)
-      out[scale] = AttentionPool(self.hidden, name=f"pool_{scale}")(h, mask)
-    return out
+        out = {}
+        h = layers(h, adj, "micro")
+        out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
+        existing = adj > 0
+        for scale, per_side in (("meso", 2), ("macro", 1)):
+            cand = jax.lax.stop_gradient(pair & same_block(per_side) & ~existing)
+            y = EdgeSampler(
+                self.edge_hidden,
+                self.gumbel_tau,
+                self.straight_through,
+                self.edge_sampling,
+                self.eval_edges,
+                name=f"edges_{scale}",
+            )(h, cand, train)
+            adj = adj + y
+            existing = existing | (jax.lax.stop_gradient(y) > 0.5)
+            h = layers(h, adj, scale)
+            out[scale] = AttentionPool(self.hidden, name=f"pool_{scale}")(h, mask)
+        return out
