@@ -1,0 +1,143 @@
+"""Attention maps of the HE backbone's last block (paper Fig. 3): class token -> patches, per head.
+
+    python -m sigmma_jax.attention_maps --arch=uni --weights=weights/uni --out=figs tile1.png tile2.png
+
+For each tile this writes `<name>_attention.png` (the tile, the mean over heads, and one panel per
+head, each overlaid on the tile) and `<name>_attention.npy` ((heads, gh, gw) float32 maps).
+The tile is resized to the backbone's input size as the HE encoder does for its macro crop.
+From Python, `class_token_attention(model, params, images)` gives the maps of any ViT backbone,
+e.g. `SIGMMA`'s trained `params["backbone"]` with the module `backbones.from_config(config.model)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sigmma_jax.models import backbones
+
+
+def class_token_attention(model, params, images) -> np.ndarray:
+    """(B, H, W, 3) float [0, 1] images at the model's input size -> (B, heads, gh, gw) float32:
+    the last block's attention of the class token to each patch (softmax over all tokens, so the
+    patch maps sum to at most 1; the rest went to the class and register tokens)."""
+    if not hasattr(model, "num_prefix_tokens"):
+        raise ValueError("attention maps need a ViT backbone")
+    p = model.patch_size
+    gh, gw = images.shape[1] // p, images.shape[2] // p
+    _, attn = jax.jit(lambda prm, x: model.apply({"params": prm}, x, return_attention=True))(
+        params, jnp.asarray(images, jnp.float32)
+    )
+    maps = attn[:, :, 0, model.num_prefix_tokens :]
+    return np.asarray(maps.reshape(maps.shape[0], maps.shape[1], gh, gw), np.float32)
+
+
+def prepare_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, m, m, 3) tiles -> float (N, size, size, 3) in [0, 1], resized like he_encoder."""
+    x = jnp.asarray(tiles, jnp.float32) / 255.0
+    n = x.shape[0]
+    return np.asarray(jax.image.resize(x, (n, size, size, 3), "linear"))
+
+
+def save_figure(
+    tile: np.ndarray, maps: np.ndarray, path: str | pathlib.Path, title: str = ""
+) -> None:
+    """One PNG: the tile, the head-mean map and each head's map overlaid on the tile."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    heads = maps.shape[0]
+    panels = [("tile", None), ("mean of heads", maps.mean(0))] + [
+        (f"head {h}", maps[h]) for h in range(heads)
+    ]
+    cols = min(6, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
+    m = tile.shape[0]
+    for ax, (name, a) in zip(axes.flat, panels):
+        ax.imshow(tile)
+        if a is not None:
+            ax.imshow(
+                a / max(float(a.max()), 1e-12),
+                cmap="inferno",
+                alpha=0.6,
+                extent=(-0.5, m - 0.5, m - 0.5, -0.5),
+                interpolation="nearest",
+            )
+        ax.set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_attention_maps(
+    model,
+    params,
+    tiles: np.ndarray,
+    out_dir: str | pathlib.Path,
+    names: Sequence[str],
+    batch: int = 8,
+) -> list[pathlib.Path]:
+    """Writes `<name>_attention.png` and `.npy` per uint8 tile; returns the PNG paths."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(0, len(tiles), batch):
+        chunk = np.asarray(tiles[i : i + batch])
+        maps = class_token_attention(model, params, prepare_tiles(chunk, model.img_size))
+        for tile, a, name in zip(chunk, maps, names[i : i + batch]):
+            np.save(out_dir / f"{name}_attention.npy", a)
+            path = out_dir / f"{name}_attention.png"
+            save_figure(tile, a, path, title=f"{name}: last block, class token -> patches")
+            paths.append(path)
+    return paths
+
+
+def read_tile(path: str | pathlib.Path) -> np.ndarray:
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m sigmma_jax.attention_maps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("tiles", nargs="+", help="tile images (PNG/JPEG/TIFF), all the same size")
+    p.add_argument(
+        "--arch",
+        default="uni",
+        choices=[a for a, c in backbones.ARCHS.items() if c["kind"] == "vit"],
+    )
+    p.add_argument("--weights", default="", help="converted backbone directory ('' = random init)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    if a.weights:
+        model, params = backbones.load(a.arch, a.weights)
+    else:
+        model = backbones.build(a.arch)
+        params = backbones.init_params(model)
+    tiles = np.stack([read_tile(t) for t in a.tiles])
+    names = [pathlib.Path(t).stem for t in a.tiles]
+    for path in save_attention_maps(model, params, tiles, a.out, names):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

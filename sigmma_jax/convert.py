@@ -1,0 +1,335 @@
+"""Ports a PyTorch (timm) backbone state dict to Flax parameters saved with Orbax.
+
+    python -m sigmma_jax.convert --arch=uni --src=pytorch_model.bin --dst=weights/uni
+    python -m sigmma_jax.convert --arch=uni --src=pytorch_model.bin --dst=weights/uni_256 --img_size=256
+
+Reading is safe: `torch.load(weights_only=True)` for `.bin`/`.pt`/`.pth` (torch is needed only
+for these: `pip install sigmma_jax[torch]`), or safetensors for `.safetensors`. Never an unrestricted
+unpickle. Every key is mapped; a missing, unused or mis-shaped key stops the conversion with a
+message naming it (`--ignore=REGEX` drops keys you know are not part of the backbone, e.g. a
+classifier head). A position embedding trained on another grid is resampled to `--img_size` (default:
+the preset's) with timm's bicubic, antialiased `resample_abs_pos_embed`. The output directory holds
+`params/` (Orbax) and `backbone.json` (architecture, model config, the source file's SHA-256).
+`sigmma_jax.models.backbones.load(arch, dst)` reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import pathlib
+import pickle
+import re
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from sigmma_jax.models import backbones
+
+TORCH_SUFFIXES = (".bin", ".pt", ".pth")
+# Buffers with no meaning for a model in inference form; skipped without complaint.
+IGNORED_BUFFERS = re.compile(r"(^|\.)num_batches_tracked$")
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def sha256(path: str | pathlib.Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_numpy(t) -> np.ndarray:
+    import torch  # pylint: disable=import-outside-toplevel
+
+    if t.is_floating_point():
+        return t.detach().to(dtype=torch.float32).cpu().numpy()
+    return t.detach().cpu().numpy()
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """A flat {name: array} from a PyTorch pickle (weights_only) or a safetensors file."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
+        try:
+            with safe_open(str(path), framework="np") as f:
+                return {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+        except (TypeError, ValueError):  # bfloat16 has no numpy dtype: go through torch
+            with safe_open(str(path), framework="pt") as f:
+                return {k: _to_numpy(f.get_tensor(k)) for k in f.keys()}
+    if path.suffix not in TORCH_SUFFIXES:
+        raise ConversionError(f"{path}: expected a .safetensors or {'/'.join(TORCH_SUFFIXES)} file")
+    try:
+        import torch  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ConversionError(
+            f"reading {path.name} needs PyTorch: pip install 'sigmma_jax[torch]' "
+            "(or convert a .safetensors file, which does not)"
+        ) from e
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConversionError(
+            f"{path}: refused by torch.load(weights_only=True), which loads tensors "
+            f"and plain containers only: {str(e).splitlines()[0]}"
+        ) from e
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        keys = list(sd)[:5] if isinstance(sd, dict) else type(sd).__name__
+        raise ConversionError(
+            f"{path} is not a flat state dict of tensors (top level: {keys}); "
+            "save `model.state_dict()` itself"
+        )
+    return {k: _to_numpy(v) for k, v in sd.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Key maps: torch name -> (Flax path, transform). Transforms take the torch array.
+
+Transform = Callable[[np.ndarray], np.ndarray]
+IDENTITY: Transform = lambda a: a
+LINEAR: Transform = lambda a: a.T  # (out, in) -> (in, out)
+CONV: Transform = lambda a: a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+
+
+def vit_key_map(cfg: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], Transform]]:
+    m = {
+        "patch_embed.proj.weight": (("patch_embed", "kernel"), CONV),
+        "patch_embed.proj.bias": (("patch_embed", "bias"), IDENTITY),
+        "cls_token": (("cls_token",), IDENTITY),
+        "pos_embed": (("pos_embed",), IDENTITY),
+        "norm.weight": (("norm", "scale"), IDENTITY),
+        "norm.bias": (("norm", "bias"), IDENTITY),
+    }
+    if cfg.get("reg_tokens", 0):
+        m["reg_token"] = (("reg_token",), IDENTITY)
+    for i in range(cfg["depth"]):
+        t, f = f"blocks.{i}.", f"blocks_{i}"
+        for n in ("norm1", "norm2"):
+            m[t + n + ".weight"] = ((f, n, "scale"), IDENTITY)
+            m[t + n + ".bias"] = ((f, n, "bias"), IDENTITY)
+        for tn, fn in (
+            ("attn.qkv", ("attn", "qkv")),
+            ("attn.proj", ("attn", "proj")),
+            ("mlp.fc1", ("fc1",)),
+            ("mlp.fc2", ("fc2",)),
+        ):
+            m[t + tn + ".weight"] = ((f, *fn, "kernel"), LINEAR)
+            m[t + tn + ".bias"] = ((f, *fn, "bias"), IDENTITY)
+        if cfg.get("init_values"):
+            m[t + "ls1.gamma"] = ((f, "ls1", "gamma"), IDENTITY)
+            m[t + "ls2.gamma"] = ((f, "ls2", "gamma"), IDENTITY)
+    return m
+
+
+def resnet_key_map(cfg: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], Transform]]:
+    m = {}
+
+    def bn(t, f):
+        for tn, fn in (
+            ("weight", "scale"),
+            ("bias", "bias"),
+            ("running_mean", "mean"),
+            ("running_var", "var"),
+        ):
+            m[f"{t}.{tn}"] = ((*f, fn), IDENTITY)
+
+    m["conv1.weight"] = (("conv1", "kernel"), CONV)
+    bn("bn1", ("bn1",))
+    for s, n in enumerate(cfg["layers"]):
+        for j in range(n):
+            t, f = f"layer{s + 1}.{j}", f"layer{s + 1}_{j}"
+            for k in (1, 2, 3):
+                m[f"{t}.conv{k}.weight"] = ((f, f"conv{k}", "kernel"), CONV)
+                bn(f"{t}.bn{k}", (f, f"bn{k}"))
+            if j == 0:
+                m[f"{t}.downsample.0.weight"] = ((f, "downsample_0", "kernel"), CONV)
+                bn(f"{t}.downsample.1", (f, "downsample_1"))
+    return m
+
+
+def key_map(cfg: dict[str, Any]):
+    return {"vit": vit_key_map, "resnet": resnet_key_map}[cfg["kind"]](cfg)
+
+
+def _pos_grid(n_tokens: int, prefix: int, what: str) -> int:
+    side = int(round((n_tokens - prefix) ** 0.5))
+    if side * side != n_tokens - prefix:
+        raise ConversionError(
+            f"{what}: {n_tokens} tokens minus {prefix} prefix tokens is not a square grid"
+        )
+    return side
+
+
+def convert_state_dict(
+    sd: dict[str, np.ndarray], cfg: dict[str, Any], ignore: str | None = None
+) -> tuple[dict, dict[str, Any]]:
+    """(Flax params, notes) from a torch state dict for the model of `cfg` (a backbones config).
+
+    Raises ConversionError naming every missing, unused or mis-shaped key.
+    """
+    from flax import traverse_util  # pylint: disable=import-outside-toplevel
+
+    model = backbones.build_module(cfg)
+    expected = {
+        k: tuple(v.shape)
+        for k, v in traverse_util.flatten_dict(backbones.abstract_params(model)).items()
+    }
+    kmap = key_map(cfg)
+    mapped = {path for path, _ in kmap.values()}
+    if mapped != set(expected):  # the key map and the Flax module must describe the same tree
+        raise AssertionError(f"key map out of date: {sorted(mapped ^ set(expected))}")
+    ign = re.compile(ignore) if ignore else None
+    notes: dict[str, Any] = {}
+    missing = sorted(k for k in kmap if k not in sd)
+    unused = sorted(
+        k
+        for k in sd
+        if k not in kmap and not IGNORED_BUFFERS.search(k) and not (ign and ign.search(k))
+    )
+    flat, wrong = {}, []
+    for tk, (path, fn) in kmap.items():
+        if tk not in sd:
+            continue
+        a = np.asarray(sd[tk])
+        want = expected[path]
+        torch_shape = {
+            IDENTITY: lambda s: s,
+            LINEAR: lambda s: s[::-1],
+            CONV: lambda s: (s[3], s[2], s[0], s[1]),
+        }[fn](want)
+        if tk == "pos_embed" and a.ndim == 3 and a.shape[-1] == want[-1] and a.shape != want:
+            try:
+                a = _resample_pos_embed(a, cfg, want)
+            except ConversionError as e:
+                wrong.append(f"{tk}: {e}")
+                continue
+            notes["pos_embed_resampled"] = [list(sd[tk].shape), list(a.shape)]
+        if a.ndim != len(want) or fn(a).shape != want:
+            wrong.append(f"{tk}: expected shape {tuple(torch_shape)}, found {tuple(sd[tk].shape)}")
+            continue
+        a = fn(a)
+        flat[path] = np.ascontiguousarray(a, dtype=np.float32)
+    problems = (
+        [f"missing key {k}" for k in missing]
+        + [f"unused key {k}" for k in unused]
+        + [f"wrong shape {w}" for w in wrong]
+    )
+    if problems:
+        raise ConversionError(
+            f"state dict does not match {cfg.get('kind')} config "
+            f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+        )
+    return traverse_util.unflatten_dict(flat), notes
+
+
+def _resample_pos_embed(a: np.ndarray, cfg: dict[str, Any], want: tuple[int, ...]) -> np.ndarray:
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    from sigmma_jax.models.vit import resample_pos_embed  # pylint: disable=import-outside-toplevel
+
+    prefix = 0 if cfg.get("no_embed_class") else 1 + cfg.get("reg_tokens", 0)
+    old = _pos_grid(a.shape[1], prefix, "pos_embed in the state dict")
+    new = _pos_grid(want[1], prefix, "pos_embed of the model")
+    out = resample_pos_embed(jnp.asarray(a), (new, new), prefix, (old, old))
+    return np.asarray(out)
+
+
+def convert(
+    arch: str,
+    src: str | pathlib.Path,
+    dst: str | pathlib.Path,
+    *,
+    img_size: int | None = None,
+    ignore: str | None = None,
+    **overrides,
+) -> dict:
+    """Reads `src`, converts it for preset `arch` (with `overrides`, e.g. depth=2 in tests), writes
+    `dst`; returns the metadata written to `dst/backbone.json`."""
+    src = pathlib.Path(src)
+    if img_size is not None:
+        overrides["img_size"] = int(img_size)
+    cfg = backbones.config(arch, **overrides)
+    if cfg["kind"] == "vit" and cfg["img_size"] % cfg["patch_size"]:
+        raise ConversionError(
+            f"img_size {cfg['img_size']} is not a multiple of the patch size {cfg['patch_size']}"
+        )
+    sd = read_state_dict(src)
+    params, notes = convert_state_dict(sd, cfg, ignore)
+    meta = dict(
+        source=dict(file=src.name, sha256=sha256(src), bytes=src.stat().st_size, tensors=len(sd)),
+        converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        timm=dict(zip(("model", "kwargs"), _jsonable(backbones.TIMM[arch]))),
+        ignored=ignore or "",
+        **notes,
+    )
+    backbones.save(dst, arch, cfg, params, meta)
+    return backbones.read_meta(dst)
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=str))
+
+
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m sigmma_jax.convert",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--arch", required=True, choices=sorted(backbones.ARCHS))
+    p.add_argument("--src", required=True, help="pytorch_model.bin / .pt / .pth / .safetensors")
+    p.add_argument("--dst", required=True, help="output directory")
+    p.add_argument(
+        "--img_size",
+        type=int,
+        default=None,
+        help="input size to resample the position embedding for (default: the preset's)",
+    )
+    p.add_argument("--ignore", default=None, help="regex of source keys to drop, e.g. '^head\\.'")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset field (JSON value), e.g. --set depth=2",
+    )
+    a = p.parse_args(argv)
+    overrides = {}
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        overrides[k] = _parse_value(v)
+    try:
+        meta = convert(a.arch, a.src, a.dst, img_size=a.img_size, ignore=a.ignore, **overrides)
+    except ConversionError as e:
+        print(f"conversion failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"converted {a.src} ({meta['source']['tensors']} tensors, sha256 "
+        f"{meta['source']['sha256'][:16]}...) -> {a.dst} as {a.arch}"
+        + (
+            f"; pos_embed resampled {meta['pos_embed_resampled']}"
+            if "pos_embed_resampled" in meta
+            else ""
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
