@@ -10,6 +10,10 @@ from sigmma_jax import config_base
 def get_config(arg=None):
     c = config_base.base_config()
     c.data.source = "generic"
+    # UNI converted once with `python -m sigmma_jax.convert --arch=uni --src=.../pytorch_model.bin
+    # --dst=weights/uni` (README); override with --config.model.backbone_weights=DIR.
+    c.model.backbone = "uni"
+    c.model.backbone_weights = "weights/uni"
     if "demo" in config_base.parse_arg(arg):
         config_base.apply_demo(c)
     return c

@@ -65,10 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
             std=(0.229, 0.224, 0.225),
         )
     )
-    m.backbone_weights = ""  # converted UNI directory; "" -> random init
-    m.backbone_mode = "full"  # "frozen" | "full"
+    # "vit": VisionTransformer(**m.vit) | a preset of sigmma_jax.models.backbones: "uni", "uni2-h",
+    # "h-optimus-0", "resnet50". With backbone_weights set, the converted directory decides.
+    m.backbone = "vit"
+    m.backbone_weights = ""  # converted directory (python -m sigmma_jax.convert); "" -> random init
+    m.backbone_mode = "full"  # "frozen" | "last_k" | "full"
+    m.backbone_last_k = 4  # blocks trained in "last_k" mode (and the final norm)
     m.remat = False
     m.dtype = "bfloat16"  # compute dtype of the HE encoder; params stay float32
+    m.attn_impl = ""  # "" lets XLA choose; "cudnn": fused attention on NVIDIA GPUs (bf16)
     m.st = ml_collections.ConfigDict(
         dict(
             hidden=256,
@@ -92,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.warmup_steps = 500
     t.lr = 1e-4
     t.backbone_lr_mult = 0.1
+    # Layer-wise lr decay of the backbone: blocks_j of L gets decay ** (L - j), the embeddings
+    # decay ** (L + 1), the final norm 1 (timm's numbering); 1.0 is off.
+    t.layer_decay = 1.0
     t.weight_decay = 0.05
     t.grad_clip = 1.0
     t.log_every = 50
@@ -122,6 +130,7 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             init_values=0.1,
         )
     )
+    c.model.backbone, c.model.backbone_weights = "vit", ""
     c.model.embed_dim = 64
     c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
     c.model.st.update(dict(hidden=64, edge_hidden=16))

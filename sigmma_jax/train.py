@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sigmma_jax import evaluation, input_pipeline, losses, preprocess, report
+from sigmma_jax.models import backbones
 from sigmma_jax.models.sigmma import SCALES, SIGMMA
 
 
@@ -66,15 +67,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
         decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
         return optax.adamw(lr_schedule(config, mult), weight_decay=t.weight_decay, mask=decay_mask)
 
-    backbone = (
-        optax.set_to_zero() if config.model.backbone_mode == "frozen" else adamw(t.backbone_lr_mult)
-    )
-    labels = lambda params: flax.traverse_util.path_aware_map(
-        lambda path, _: "backbone" if "backbone" in path else "rest", params
+    # Frozen backbone leaves (all in "frozen" mode, those below the last k blocks in "last_k") get
+    # set_to_zero: no optimizer state. Layer-wise decay scales the trained backbone leaves' updates.
+    backbone = optax.chain(adamw(t.backbone_lr_mult), backbones.layer_decay(t.layer_decay))
+    labels = lambda params: backbones.param_labels(
+        params, config.model.backbone_mode, config.model.backbone_last_k
     )
     return optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
-        optax.multi_transform({"backbone": backbone, "rest": adamw(1.0)}, labels),
+        optax.multi_transform(
+            {"backbone": backbone, "frozen": optax.set_to_zero(), "rest": adamw(1.0)}, labels
+        ),
     )
 
 
@@ -92,6 +95,10 @@ def init_state(model: SIGMMA, tx, config, manifest, mesh: Mesh) -> tuple[TrainSt
     abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     shardings = jax.tree.map(lambda _: rep, abstract)
     state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    if config.model.backbone_weights:  # converted pretrained weights (the optimizer state is zeros)
+        state = state.replace(
+            params=backbones.load_into(state.params, config.model.backbone_weights)
+        )
     return state, shardings
 
 

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sigmma_jax.models import backbones
 from sigmma_jax.models.he_encoder import HEEncoder
 from sigmma_jax.models.st_encoder import STEncoder
-from sigmma_jax.models.vit import VisionTransformer
 
 SCALES = ("micro", "meso", "macro")
 
@@ -34,15 +34,8 @@ class SIGMMA(nn.Module):
 
     def setup(self):
         c = self.config
-        vit = dict(c.vit)
         self.he = HEEncoder(
-            VisionTransformer(
-                **{**vit, "mean": tuple(vit["mean"]), "std": tuple(vit["std"])},
-                dtype=jnp.dtype(c.dtype),
-                remat=c.remat,
-                name="backbone",
-            ),
-            frozen=c.backbone_mode == "frozen",
+            backbones.from_config(c, name="backbone"), frozen=c.backbone_mode == "frozen"
         )
         self.st = STEncoder(**c.st)
         self.he_head = ProjectionHead(c.embed_dim, c.head_dropout)
