@@ -94,12 +94,13 @@ def run(size_um: float, workers: int, workdir: pathlib.Path, seed: int = 0) -> d
     )
 
 
-def main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="python -m sigmma_jax.bench preprocess", description=__doc__)
+def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size_um", type=float, default=10000.0, help="side of the square slide")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--workdir", default="", help="kept if given, else a temporary directory")
-    a = p.parse_args(argv)
+
+
+def run_cli(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         r = run(a.size_um, a.workers, pathlib.Path(a.workdir or tmp))
     print(json.dumps(r))
@@ -112,7 +113,4 @@ def main(argv: list[str]) -> None:
         + " | ".join(str(v) for v in r.values())
         + " |"
     )
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    return 0
