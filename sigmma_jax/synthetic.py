@@ -346,10 +346,18 @@ def _write_cells(
             "cell_type": pd.Categorical.from_codes(c["type"], TYPES),
             "domain": pd.Categorical.from_codes(c["domain"] - 1, DOMAINS[1:]),
         },
-        index=[f"cell_{i:06d}" for i in range(len(c["xy"]))],
+        # object dtype: pandas 3 would make Arrow strings, which anndata refuses to write
+        index=pd.Index([f"cell_{i:06d}" for i in range(len(c["xy"]))], dtype=object),
     )
     var = pd.DataFrame(
-        {"feature_type": ["control" if g in CONTROLS else "gene" for g in genes]}, index=genes
+        {
+            "feature_type": pd.Series(
+                ["control" if g in CONTROLS else "gene" for g in genes],
+                dtype=object,
+                index=pd.Index(genes, dtype=object),
+            )
+        },
+        index=pd.Index(genes, dtype=object),
     )
     ad = anndata.AnnData(
         X=X,
