@@ -1,4 +1,5 @@
-"""Paper scale: UNI-shaped ViT-L/16 at 224 px through 21 crops per tile, fine-tuned.
+"""Paper scale: UNI (ViT-L/16 at 224 px, weights converted into weights/uni) through 21 crops per
+tile, fine-tuned.
 
 Data come from your own slide in the generic format unless overridden; see generic.py and the HEST
 configs (luad.py, ...). `--config=configs/default.py:demo` swaps in the demo's model and schedule.
@@ -10,10 +11,6 @@ from sigmma_jax import config_base
 def get_config(arg=None):
     c = config_base.base_config()
     c.data.source = "generic"
-    # UNI converted once with `python -m sigmma_jax.convert --arch=uni --src=.../pytorch_model.bin
-    # --dst=weights/uni` (README); override with --config.model.backbone_weights=DIR.
-    c.model.backbone = "uni"
-    c.model.backbone_weights = "weights/uni"
     if "demo" in config_base.parse_arg(arg):
         config_base.apply_demo(c)
     return c

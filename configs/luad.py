@@ -1,15 +1,13 @@
-"""Lung adenocarcinoma: the HEST-1k Xenium samples TENX118, TENX141 (METHOD.md §7).
+"""Lung adenocarcinoma: HEST-1k Xenium samples TENX118, TENX141 (METHOD.md §7).
 
-python -m sigmma_jax.main --config=configs/luad.py --config.data.hest_dir=HEST --workdir=W
+  python -m sigmma_jax.main --config=configs/luad.py --config.data.hest_dir=HEST --workdir=W
+
+Leave-one-sample-out: --config.data.split.fold=k tests on the k-th sample. UNI weights are read from
+weights/uni (README, "Pretrained backbones").
 """
 
 from sigmma_jax import config_base
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
-    c.data.source = "hest"
-    c.data.sample_ids = ("TENX118", "TENX141")
-    if "demo" in config_base.parse_arg(arg):
-        config_base.apply_demo(c)
-    return c
+    return config_base.hest_config(("TENX118", "TENX141"), arg)

@@ -1,15 +1,13 @@
-"""Skin cutaneous melanoma: the HEST-1k Xenium samples TENX115, TENX117 (METHOD.md §7).
+"""Skin cutaneous melanoma: HEST-1k Xenium samples TENX115, TENX117 (METHOD.md §7).
 
-python -m sigmma_jax.main --config=configs/skcm.py --config.data.hest_dir=HEST --workdir=W
+  python -m sigmma_jax.main --config=configs/skcm.py --config.data.hest_dir=HEST --workdir=W
+
+Leave-one-sample-out: --config.data.split.fold=k tests on the k-th sample. UNI weights are read from
+weights/uni (README, "Pretrained backbones").
 """
 
 from sigmma_jax import config_base
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
-    c.data.source = "hest"
-    c.data.sample_ids = ("TENX115", "TENX117")
-    if "demo" in config_base.parse_arg(arg):
-        config_base.apply_demo(c)
-    return c
+    return config_base.hest_config(("TENX115", "TENX117"), arg)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from sigmma_jax.models import backbones
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -52,23 +54,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.embed_dim = 256  # shared latent dim
     m.head_dropout = 0.1
+    # The ViT used when model.backbone == "vit" (any shape); UNI's shape by default.
     m.vit = ml_collections.ConfigDict(
-        dict(
-            img_size=224,
-            patch_size=16,
-            width=1024,
-            depth=24,
-            num_heads=16,
-            mlp_ratio=4.0,
-            init_values=1e-5,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-        )
+        {k: v for k, v in backbones.ARCHS["uni"].items() if k != "kind"}
     )
     # "vit": VisionTransformer(**m.vit) | a preset of sigmma_jax.models.backbones: "uni", "uni2-h",
     # "h-optimus-0", "resnet50". With backbone_weights set, the converted directory decides.
-    m.backbone = "vit"
-    m.backbone_weights = ""  # converted directory (python -m sigmma_jax.convert); "" -> random init
+    m.backbone = "uni"
+    # Converted once with `python -m sigmma_jax.convert --arch=uni --src=.../pytorch_model.bin
+    # --dst=weights/uni` (README); "" -> random init.
+    m.backbone_weights = "weights/uni"
     m.backbone_mode = "full"  # "frozen" | "last_k" | "full"
     m.backbone_last_k = 4  # blocks trained in "last_k" mode (and the final norm)
     m.remat = False
@@ -155,3 +150,13 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def parse_arg(arg: str | None) -> set[str]:
     """`--config=configs/x.py:demo,foo` -> {"demo", "foo"}."""
     return {a for a in (arg or "").split(",") if a}
+
+
+def hest_config(sample_ids: tuple[str, ...], arg: str | None) -> ml_collections.ConfigDict:
+    """A HEST-1k cohort: `--config.data.hest_dir=DIR` names the download (README)."""
+    c = base_config()
+    c.data.source = "hest"
+    c.data.sample_ids = tuple(sample_ids)
+    if "demo" in parse_arg(arg):
+        apply_demo(c)
+    return c

@@ -44,7 +44,7 @@ def main(argv):
             preprocess.preprocess(FLAGS.config, FLAGS.workdir)
         else:
             train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except readers.InputError as e:
+    except (readers.InputError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None
 
 

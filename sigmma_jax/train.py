@@ -328,6 +328,8 @@ def train(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Preprocess (if needed), train (resuming if possible), evaluate trained and untrained models."""
     workdir = pathlib.Path(workdir)
+    if config.model.backbone_weights:  # fail now, not after an hour of preprocessing
+        backbones.read_meta(config.model.backbone_weights)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         manifest = preprocess.preprocess(config, workdir)

@@ -234,6 +234,7 @@ def test_from_config_follows_mode_and_weights(tmp_path):
     from sigmma_jax import config_base
 
     c = config_base.base_config().model
+    c.backbone, c.backbone_weights = "vit", ""  # the plain ViT of model.vit, randomly initialised
     c.backbone_mode = "frozen"
     m = backbones.from_config(c)
     assert m.trainable_blocks == 0 and m.width == 1024 and m.dtype == jnp.bfloat16
