@@ -67,25 +67,14 @@ ARCHS: dict[str, dict[str, Any]] = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     ),
-    "h-optimus-0": dict(
-        kind="vit",
-        img_size=224,
-        patch_size=14,
-        width=1536,
-        depth=40,
-        num_heads=24,
-        mlp_ratio=2.66667 * 2,
-        init_values=1e-5,
-        reg_tokens=4,
-        no_embed_class=True,
-        mlp="swiglu_packed",
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-    ),
     "resnet50": dict(
         kind="resnet", layers=(3, 4, 6, 3), img_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD
     ),
 }
+# H-optimus-0 is UNI2-h's layout, deeper, with 4 registers and its own normalisation.
+ARCHS["h-optimus-0"] = dict(
+    ARCHS["uni2-h"], depth=40, reg_tokens=4, mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD
+)
 
 # How each model is made in timm (the models' cards), for parity tests and the benchmark.
 # `uni2-h`: MahmoodLab's card creates "vit_giant_patch14_224" with these kwargs; every structural
