@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sigmma_jax import atomic
 from sigmma_jax.models import backbones
 
 
@@ -79,7 +80,8 @@ def save_figure(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic.atomic_path(path) as tmp:  # the temp name has no .png: say the format
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -99,7 +101,8 @@ def save_attention_maps(
         chunk = np.asarray(tiles[i : i + batch])
         maps = class_token_attention(model, params, prepare_tiles(chunk, model.img_size))
         for tile, a, name in zip(chunk, maps, names[i : i + batch]):
-            np.save(out_dir / f"{name}_attention.npy", a)
+            with atomic.atomic_path(out_dir / f"{name}_attention.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, a)
             path = out_dir / f"{name}_attention.png"
             save_figure(tile, a, path, title=f"{name}: last block, class token -> patches")
             paths.append(path)

@@ -15,17 +15,15 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import pathlib
 import time
-from typing import Any
 
 import ml_collections
 import numpy as np
 import scipy.sparse as sp
 import tqdm
 
-from sigmma_jax import graphs, readers, records, tiling
+from sigmma_jax import atomic, graphs, readers, records, tiling
 
 MANIFEST = "manifest.json"
 # Settings that change what a tile record holds; a shard dir made with others is refused.
@@ -41,16 +39,6 @@ SHARD_KEYS = (
     "radius_px",
     "chunk_rows",
 )
-
-
-def atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: pathlib.Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,14 +194,13 @@ def run_chunk(c: Chunk) -> dict:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         shard = f"{c.name}.array_record"
-        tmp = c.out_dir / f".{shard}.tmp{os.getpid()}"
-        w = ArrayRecordWriter(str(tmp), "group_size:1,zstd:1")
-        for p in payload:
-            w.write(p)
-        w.close()
-        os.replace(tmp, c.out_dir / shard)
+        with atomic.atomic_path(c.out_dir / shard) as tmp:
+            w = ArrayRecordWriter(str(tmp), "group_size:1,zstd:1")
+            for p in payload:
+                w.write(p)
+            w.close()
     side = dict(hash=c.shard_hash, shard=shard, tiles=tiles, report=rep)
-    atomic_write_json(c.out_dir / f"{c.name}.json", side)
+    atomic.write_json(c.out_dir / f"{c.name}.json", side)
     return side
 
 
@@ -408,7 +395,7 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
         splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
         report=report,
     )
-    atomic_write_json(manifest_path, manifest)
+    atomic.write_json(manifest_path, manifest)
     logging.info(
         "preprocessing report: %s", json.dumps({k: v for k, v in report.items() if k != "slides"})
     )

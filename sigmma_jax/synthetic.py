@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import os
@@ -48,6 +47,8 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage, sparse, spatial
 from scipy.special import expit as _sigmoid
+
+from sigmma_jax import atomic
 
 TYPES = ("tumour", "fibroblast", "T_cell", "B_cell", "plasma", "macrophage", "endothelial")
 DOMAINS = ("background", "stroma", "tumour", "immune_aggregate")
@@ -543,17 +544,6 @@ def _write_wsi(
             level = _half(level)
 
 
-@contextlib.contextmanager
-def _atomic(path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """Yield a temp path in the same directory; it becomes `path` only if the block succeeds."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _check_params(cells: pathlib.Path, params: dict) -> None:
     # Refuse to reuse files generated with other arguments rather than return them silently.
     import h5py
@@ -597,10 +587,10 @@ def write_synthetic_slide(
     c = _cells(rng_cells, f, size_um, cell_density)
     if not slide.cells.exists():
         X, genes, _ = _expression(rng_expr, f, c, n_genes)
-        with _atomic(slide.cells) as tmp:
+        with atomic.atomic_path(slide.cells) as tmp:
             _write_cells(tmp, c, X, genes, f, pixel_size_um, seed, params)
     if not slide.wsi.exists():
-        with _atomic(slide.wsi) as tmp:
+        with atomic.atomic_path(slide.wsi) as tmp:
             _write_wsi(tmp, f, c, pixel_size_um, round(size_um / pixel_size_um), rng_pix)
     return slide
 

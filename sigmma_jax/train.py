@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sigmma_jax import evaluation, input_pipeline, losses, preprocess, report
+from sigmma_jax import atomic, evaluation, input_pipeline, losses, preprocess, report
 from sigmma_jax.models import backbones
 from sigmma_jax.models.sigmma import SCALES, SIGMMA
 
@@ -210,9 +210,7 @@ class MetricsWriter:
             return
         if self.path.exists():
             kept = [r for r in report.read_history(self.path) if r["step"] <= resume_step]
-            preprocess.atomic_write_bytes(
-                self.path, "".join(json.dumps(r) + "\n" for r in kept).encode()
-            )
+            atomic.write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(str(workdir / "tensorboard"))

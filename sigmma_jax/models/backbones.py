@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sigmma_jax import atomic
 from sigmma_jax.models.resnet import ResNet
 from sigmma_jax.models.vit import VisionTransformer
 
@@ -194,7 +195,8 @@ def save(dst: str | pathlib.Path, arch: str, cfg: dict[str, Any], params, meta: 
     ckptr.save(dst / PARAMS, params, force=True)
     ckptr.wait_until_finished()
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-    (dst / META).write_text(json.dumps(dict(arch=arch, config=cfg, **meta), indent=2) + "\n")
+    # Written last and atomically: its presence says the conversion is complete.
+    atomic.write_json(dst / META, dict(arch=arch, config=cfg, **meta), indent=2)
 
 
 def read_meta(path: str | pathlib.Path) -> dict:
