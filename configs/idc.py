@@ -1,4 +1,4 @@
-"""Invasive ductal carcinoma (breast): HEST-1k Xenium samples TENX95, TENX99, NCBI783, NCBI785 (METHOD.md §7).
+"""Invasive ductal carcinoma (breast): HEST-1k Xenium samples TENX95, TENX99, NCBI783, NCBI785 (docs/method.md, "Data formats").
 
   python -m sigmma_jax.main --config=configs/idc.py --config.data.hest_dir=HEST --workdir=W
 

@@ -1,4 +1,4 @@
-"""Lung adenocarcinoma: HEST-1k Xenium samples TENX118, TENX141 (METHOD.md §7).
+"""Lung adenocarcinoma: HEST-1k Xenium samples TENX118, TENX141 (docs/method.md, "Data formats").
 
   python -m sigmma_jax.main --config=configs/luad.py --config.data.hest_dir=HEST --workdir=W
 

@@ -1,4 +1,4 @@
-"""Pancreatic ductal adenocarcinoma: HEST-1k Xenium samples TENX116, TENX126, TENX140 (METHOD.md §7).
+"""Pancreatic ductal adenocarcinoma: HEST-1k Xenium samples TENX116, TENX126, TENX140 (docs/method.md, "Data formats").
 
   python -m sigmma_jax.main --config=configs/paad.py --config.data.hest_dir=HEST --workdir=W
 

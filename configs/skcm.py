@@ -1,4 +1,4 @@
-"""Skin cutaneous melanoma: HEST-1k Xenium samples TENX115, TENX117 (METHOD.md §7).
+"""Skin cutaneous melanoma: HEST-1k Xenium samples TENX115, TENX117 (docs/method.md, "Data formats").
 
   python -m sigmma_jax.main --config=configs/skcm.py --config.data.hest_dir=HEST --workdir=W
 

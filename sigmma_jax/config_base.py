@@ -15,7 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    # --- data: readers -> tiles and graphs -> shards (METHOD.md §1, §3) -------------------------------
+    # --- data: readers -> tiles and graphs -> shards (docs/method.md, "Data") -------------------------------
     c.data = d = ml_collections.ConfigDict()
     d.source = "generic"  # "synthetic" | "generic" | "hest" | "xenium"
     d.cells = ""  # generic: .h5ad of cells (raw counts, obsm['spatial'] in level-0 px)
@@ -50,8 +50,12 @@ def base_config() -> ml_collections.ConfigDict:
     d.loader_workers = 0  # Grain worker processes (0: in the main process)
     d.prefetch = 2
 
-    # --- model (METHOD.md §2, §3) -------------------------------------------------------------------
+    # --- model (docs/method.md) -------------------------------------------------------------------
     c.model = m = ml_collections.ConfigDict()
+    # Towers by name (sigmma_jax.models.sigmma): HE "multi_crop" (SIGMMA's 21 crops) | "whole_tile";
+    # ST "graph" (the hierarchical cell graph, model.st) | "mlp" (tile expression MLP, model.mlp).
+    m.he_tower = "multi_crop"
+    m.st_tower = "graph"
     m.embed_dim = 256  # shared latent dim
     m.head_dropout = 0.1
     # The ViT used when model.backbone == "vit" (any shape); UNI's shape by default.
@@ -81,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
             eval_edges="expectation",
         )
     )  # or "threshold"
+    m.mlp = ml_collections.ConfigDict(dict(hidden=256, layers=2))
     m.temperature_init = 0.07
     m.learn_temperature = True
     m.temperature_min = 0.01
@@ -100,15 +105,22 @@ def base_config() -> ml_collections.ConfigDict:
     t.log_every = 50
     t.checkpoint_every = 1000
     t.keep_checkpoints = 3
-    t.scale_weights = (1.0, 1.0, 1.0)  # micro, meso, macro; (0, 0, 1) is the single-scale ablation
+    t.loss = "info_nce"  # sigmma_jax.train.losses.LOSSES
+    # micro, meso, macro; (0, 0, 1) is the single-scale ablation (trained and evaluated on macro)
+    t.scale_weights = (1.0, 1.0, 1.0)
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device on the data axis
 
+    # Evaluators by name (sigmma_jax.evaluation.EVALUATORS), run at the end of training and, when
+    # eval_every > 0, every eval_every steps; results are keyed by evaluator.
+    c.evals = ("retrieval", "probe", "knn_expression")
+    c.eval_every = 0
     c.eval = e = ml_collections.ConfigDict()
     e.batch = 64
     e.pca_components = 256
     e.n_genes = 50
-    e.probe_embedding = "projected"  # "projected" (three scales, concatenated) | "backbone"
+    e.probe_embedding = "projected"  # "projected" (the model's scales, concatenated) | "backbone"
+    e.knn_k = 50  # knn_expression: nearest training tiles averaged (BLEEP's predictor)
     return c
 
 

@@ -5,31 +5,20 @@ evaluates; results land in DIR/results.json, DIR/results.md and DIR/plots/.
 """
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from sigmma_jax import preprocess, readers, train
+from sigmma_jax import cli
+from sigmma_jax.data import shards
+from sigmma_jax.train import loop
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, metrics and results.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 flags.DEFINE_bool("preprocess_only", False, "Write the shards and manifest, then stop.")
-config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py[:demo]).", lock_config=True
-)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-    """Orbax and Grain log every file they write at INFO; keep our progress lines readable."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= 30 or not any(k in record.pathname for k in ("orbax", "grain"))
-
-
-def main(argv):
+def main(argv) -> None:
     del argv
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    cli.required("config", "workdir")
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info(
@@ -39,14 +28,11 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    try:
-        if FLAGS.preprocess_only:
-            preprocess.preprocess(FLAGS.config, FLAGS.workdir)
-        else:
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (readers.InputError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+    if FLAGS.preprocess_only:
+        shards.preprocess(FLAGS.config, FLAGS.workdir)
+    else:
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

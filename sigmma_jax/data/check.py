@@ -1,8 +1,8 @@
 """What does a folder hold, and can SIGMMA use it? Reads headers and metadata only, so it is quick.
 
-  python -m sigmma_jax.check_data HEST_DIR            # a HEST-1k download
-  python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR   # a raw Xenium bundle
-  python -m sigmma_jax.check_data CELLS.h5ad HE.tif   # the generic format
+  python -m sigmma_jax.check_data HEST_DIR                            # a HEST-1k download
+  python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR [HE.tif ALIGN.csv] # a raw Xenium bundle
+  python -m sigmma_jax.check_data CELLS.h5ad HE.tif                   # the generic format
 
 Exits 0 when everything found is usable, 1 otherwise.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
-from sigmma_jax import hest, readers
+import numpy as np
+
+from sigmma_jax.data import hest, readers, xenium
 
 
 def _wsi(path: pathlib.Path) -> tuple[bool, str]:
@@ -90,7 +91,9 @@ def check_hest(root: pathlib.Path) -> bool:
     return all_ok
 
 
-def check_xenium(root: pathlib.Path) -> bool:
+def check_xenium(
+    root: pathlib.Path, he: pathlib.Path | None = None, alignment: pathlib.Path | None = None
+) -> bool:
     ok = True
     exp = json.loads((root / "experiment.xenium").read_text())
     print(
@@ -117,7 +120,41 @@ def check_xenium(root: pathlib.Path) -> bool:
     print(
         f"  alignment files here: {[p.name for p in aligns] or 'none (pass --config.data.alignment)'}"
     )
+    if he is not None and alignment is not None and ok:
+        ok &= check_alignment(root, he, alignment)
     return ok
+
+
+def check_alignment(root: pathlib.Path, he: pathlib.Path, alignment: pathlib.Path) -> bool:
+    """Where the cells land on the H&E, printed before the full read so that a bad alignment is
+    still diagnosed; then the whole bundle is read as a run would."""
+    try:
+        spec, cells_path, _, he, alignment = xenium.bundle_files(root, he, alignment)
+        pixel_size = xenium.read_pixel_size(spec)
+        align = xenium.read_alignment(alignment, pixel_size)
+        _, xy_um = xenium.read_cells(cells_path)
+        with readers.WSI(he) as wsi:
+            inside = xenium.inside(xenium.um_to_he_px(xy_um, align.matrix, pixel_size), wsi.shape)
+        fit = ""
+        if align.rms_um is not None:
+            fit = f", {align.n_keypoints} keypoints, RMS {align.rms_um:.2f} µm"
+        print(f"  alignment ({align.kind}{fit}): H&E level-0 px -> morphology px")
+        print(
+            "  "
+            + np.array2string(align.matrix, precision=6, suppress_small=True).replace("\n", "\n  ")
+        )
+        print(f"  cells inside the H&E: {inside.mean():.1%} of {len(xy_um)}")
+        s = xenium.read_xenium(root, he, alignment)
+    except readers.InputError as e:
+        print(f"NOT usable: {e}")
+        return False
+    r = s.report
+    print(
+        f"{s.name}: {len(s.xy)} cells, {len(s.genes)} genes ({s.dropped_controls} control/other "
+        f"features dropped, {r['matrix_columns_without_cell']} matrix columns without a cell); "
+        f"H&E {s.pixel_size_um:.4f} µm/px, image {s.image_shape[1]}x{s.image_shape[0]} px: usable"
+    )
+    return True
 
 
 def check_generic(cells: pathlib.Path, wsi: pathlib.Path) -> bool:
@@ -134,25 +171,18 @@ def check_generic(cells: pathlib.Path, wsi: pathlib.Path) -> bool:
     return True
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__)
-        return 2
-    path = pathlib.Path(argv[0])
+def check(paths: list[str]) -> bool:
+    """Checks what `paths` name (see the module docstring); prints a report, returns usability."""
+    path = pathlib.Path(paths[0])
     if not path.exists():
         print(f"{path}: does not exist")
-        return 1
+        return False
     if path.suffix == ".h5ad":
-        if len(argv) < 2:
+        if len(paths) < 2:
             print("the generic format needs the H&E TIFF too: check_data CELLS.h5ad HE.tif")
-            return 2
-        ok = check_generic(path, pathlib.Path(argv[1]))
-    elif (path / "experiment.xenium").exists():
-        ok = check_xenium(path)
-    else:
-        ok = check_hest(path)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+            return False
+        return check_generic(path, pathlib.Path(paths[1]))
+    if (path / "experiment.xenium").exists():
+        extra = [pathlib.Path(p) for p in paths[1:3]]
+        return check_xenium(path, *extra) if len(extra) == 2 else check_xenium(path)
+    return check_hest(path)

@@ -1,7 +1,7 @@
-"""Cell graphs of a tile: spatial-proximity edges kept only inside micro blocks (METHOD.md §3).
+"""Cell graphs of a tile: spatial-proximity edges kept only inside micro blocks (docs/method.md).
 
 A tile of side m is cut into 4x4 micro blocks; a cell's meso (2x2) and macro (1x1) blocks follow from
-its micro block, so only the micro block coordinates are stored.
+its micro block (`sigmma_jax.scales`), so only the micro block coordinates are stored.
 """
 
 from __future__ import annotations
@@ -9,19 +9,13 @@ from __future__ import annotations
 import numpy as np
 import scipy.spatial
 
-MICRO_PER_SIDE = 4
+from sigmma_jax.scales import MICRO_PER_SIDE, block_ids
 
 
 def micro_blocks(xy: np.ndarray, tile_px: int) -> np.ndarray:
     """(n, 2) int8 micro block (bx, by) of each cell, from tile-pixel coordinates."""
     b = np.floor(np.asarray(xy) / (tile_px / MICRO_PER_SIDE)).astype(np.int64)
     return np.clip(b, 0, MICRO_PER_SIDE - 1).astype(np.int8)
-
-
-def block_ids(blocks: np.ndarray, per_side: int) -> np.ndarray:
-    """Block id at a scale with `per_side` blocks per side (4 micro, 2 meso, 1 macro)."""
-    b = np.asarray(blocks).astype(np.int32) // (MICRO_PER_SIDE // per_side)
-    return b[..., 1] * per_side + b[..., 0]
 
 
 def _within(xy: np.ndarray, method: str, k: int, radius: float) -> np.ndarray:
@@ -62,7 +56,7 @@ def build_micro_graph(
     kNN is computed inside each block, i.e. a cell's k neighbours are its k nearest cells of its own
     block (squidpy's generic kNN applied per block), then the graph is symmetrised.
     """
-    ids = block_ids(blocks, MICRO_PER_SIDE)
+    ids = block_ids(np.asarray(blocks), MICRO_PER_SIDE)
     all_pairs = []
     for b in np.unique(ids):
         members = np.flatnonzero(ids == b)

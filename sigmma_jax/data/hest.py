@@ -1,4 +1,4 @@
-"""HEST-1k Xenium samples -> `Slide` (METHOD.md §7).
+"""HEST-1k Xenium samples -> `Slide` (docs/method.md, "Data formats").
 
 Cell-level counts come from the transcripts table, streamed in record batches (a slide holds
 10^8 transcripts; they are never all in memory), grouped by `cell_id`. Centroids come from the
@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 import scipy.sparse as sp
 
-from sigmma_jax import readers
+from sigmma_jax.data import readers
 
 # Transcripts outside any cell carry these ids, depending on the Xenium software version.
 UNASSIGNED = {"UNASSIGNED", "-1", ""}

@@ -15,10 +15,10 @@ import grain
 import jax
 import jraph
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from sigmma_jax import graphs, records
+from sigmma_jax import scales, sharding
+from sigmma_jax.data import records
 
 
 class ShardSource(grain.sources.RandomAccessDataSource):
@@ -54,7 +54,7 @@ def augment(tile: dict, rng: np.random.Generator) -> dict:
     (its edges were built inside that block).
     """
     m = tile["image"].shape[0]
-    nb = graphs.MICRO_PER_SIDE - 1
+    nb = scales.MICRO_PER_SIDE - 1
     image, xy, blocks = tile["image"], tile["xy"].copy(), tile["blocks"].copy()
     k = int(rng.integers(8))
     if k & 1:  # transpose
@@ -205,5 +205,5 @@ def eval_batches(
 
 def to_device(batch: dict, mesh: Mesh) -> dict:
     """Host-local numpy batch -> global jax.Arrays split along the mesh's data axis."""
-    sharding = NamedSharding(mesh, P("data"))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    split = sharding.data_parallel(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, x), batch)

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import tifffile
 import zarr
 
-# Xenium control probes and unassigned codewords carry no biology (METHOD.md §7).
+# Xenium control probes and unassigned codewords carry no biology (docs/method.md, "Data formats").
 CONTROL_PATTERN = re.compile(
     r"^(BLANK|NegControl|Unassigned|Deprecated|antisense|IntergenicRegion)", re.IGNORECASE
 )
@@ -163,6 +163,13 @@ def read_generic(
     )
 
 
+def check_unique(ids: np.ndarray, source, what: str = "cell ids") -> None:
+    """Ids are keys: joins (counts to centroids, results back to the user's cells) need them unique."""
+    uniq, n = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids):
+        raise InputError(f"{source}: duplicated {what}, e.g. {[str(u) for u in uniq[n > 1][:3]]}")
+
+
 def make_slide(
     name: str,
     wsi_path: pathlib.Path,
@@ -186,9 +193,7 @@ def make_slide(
         raise InputError(f"{source}: counts contain NaN or inf")
     if counts.nnz and counts.data.min() < 0:
         raise InputError(f"{source}: counts contain negative values (raw counts expected)")
-    if len(np.unique(cell_ids)) != len(cell_ids):
-        uniq, n = np.unique(cell_ids, return_counts=True)
-        raise InputError(f"{source}: duplicated cell ids, e.g. {[str(u) for u in uniq[n > 1][:3]]}")
+    check_unique(cell_ids, source)
     h, w = image_shape
     outside = (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= w) | (xy[:, 1] >= h)
     if outside.any():

@@ -23,7 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 import tqdm
 
-from sigmma_jax import atomic, graphs, readers, records, tiling
+from sigmma_jax import atomic
+from sigmma_jax.data import graphs, readers, records, sources, splits, tiling
 
 MANIFEST = "manifest.json"
 # Settings that change what a tile record holds; a shard dir made with others is refused.
@@ -41,54 +42,13 @@ SHARD_KEYS = (
 )
 
 
-# ---------------------------------------------------------------------------------------------------
-# Slides from the config
+def shard_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Where a run's shards live: `data.shard_dir` when set (shared between runs), else workdir/shards."""
+    return pathlib.Path(config.data.shard_dir or pathlib.Path(workdir) / "shards")
 
 
-def load_slides(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
-) -> list[readers.Slide]:
-    d = config.data
-    if d.source == "synthetic":
-        from sigmma_jax import synthetic  # only the demo needs the generator
-
-        s = d.synthetic
-        out = synthetic.write_synthetic_slide(
-            pathlib.Path(workdir) / "slide",
-            seed=s.seed,
-            size_um=s.size_um,
-            pixel_size_um=s.pixel_size_um,
-            n_genes=s.n_genes,
-            cell_density=s.cell_density,
-        )
-        return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
-    if d.source == "generic":
-        if not d.cells or not d.wsi:
-            raise readers.InputError(
-                "configs/generic.py needs --config.data.cells=FILE.h5ad and "
-                "--config.data.wsi=FILE.tif"
-            )
-        return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
-    if d.source == "hest":
-        from sigmma_jax import hest
-
-        if not d.hest_dir or not d.sample_ids:
-            raise readers.InputError(
-                "HEST configs need --config.data.hest_dir=DIR (and sample_ids)"
-            )
-        return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
-    if d.source == "xenium":
-        from sigmma_jax import xenium
-
-        if not d.xenium_dir or not d.wsi or not d.alignment:
-            raise readers.InputError(
-                "configs/xenium.py needs --config.data.xenium_dir=BUNDLE "
-                "--config.data.wsi=HE.ome.tif --config.data.alignment=ALIGN.csv"
-            )
-        return [
-            xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment, he_pixel_size_um=d.pixel_size_um)
-        ]
-    raise readers.InputError(f"unknown data.source {d.source!r}")
+def read_manifest(directory: str | pathlib.Path) -> dict:
+    return json.loads((pathlib.Path(directory) / MANIFEST).read_text())
 
 
 def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
@@ -205,54 +165,6 @@ def run_chunk(c: Chunk) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Splits
-
-
-def spatial_splits(
-    tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float, seed: int
-) -> list[str]:
-    """Whole spatial blocks of block_tiles x block_tiles tiles go to one split, so that neighbouring
-    tiles (which share cells' context) rarely straddle train and test."""
-    keys = [(t["slide"], t["row"] // block_tiles, t["col"] // block_tiles) for t in tiles]
-    blocks = sorted(set(keys))
-    perm = np.random.default_rng(seed).permutation(len(blocks))
-    size = {b: 0 for b in blocks}
-    for k in keys:
-        size[k] += 1
-    total = len(tiles)
-    assign, filled = {}, {"test": 0, "val": 0}
-    for i in perm:
-        b = blocks[i]
-        if filled["test"] < test_fraction * total:
-            assign[b] = "test"
-        elif filled["val"] < val_fraction * total:
-            assign[b] = "val"
-        else:
-            assign[b] = "train"
-        if assign[b] in filled:
-            filled[assign[b]] += size[b]
-    return [assign[k] for k in keys]
-
-
-def sample_splits(tiles: list[dict], slides: list[str], fold: int) -> list[str]:
-    """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
-    if not 0 <= fold < len(slides):
-        raise readers.InputError(
-            f"split fold {fold} does not exist: {len(slides)} samples {slides}"
-        )
-    return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
-
-
-def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
-    by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
-    if by == "sample":
-        return sample_splits(tiles, slides, split.fold)
-    return spatial_splits(
-        tiles, split.block_tiles, split.test_fraction, split.val_fraction, split.seed
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
 # Orchestration
 
 
@@ -263,10 +175,10 @@ def _round_up(x: int, m: int) -> int:
 def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
     d = config.data
-    out_dir = pathlib.Path(d.shard_dir or pathlib.Path(workdir) / "shards")
+    out_dir = shard_dir(config, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    slides = load_slides(config, workdir)
+    slides = sources.load_slides(config, workdir)
     h = shard_hash(config, slides)
     manifest_path = out_dir / MANIFEST
     split_cfg = d.split.to_dict()
@@ -374,12 +286,12 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
             f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}"
         )
     slide_names = [s.name for s in slides]
-    splits = make_splits(tiles, slide_names, d.split)
+    split_of = splits.make_splits(tiles, slide_names, d.split)
     report.update(
         tiles_kept=len(tiles),
         slides=slide_report,
         genes=len(panel),
-        split_tiles={n: splits.count(n) for n in ("train", "val", "test")},
+        split_tiles={n: split_of.count(n) for n in ("train", "val", "test")},
         seconds=round(time.time() - t0, 1),
     )
     manifest = dict(
@@ -391,8 +303,8 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
         budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
         slides=slide_names,
         shards=shards,
-        tiles=[dict(t, split=s) for t, s in zip(tiles, splits)],
-        splits={n: [i for i, s in enumerate(splits) if s == n] for n in ("train", "val", "test")},
+        tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],
+        splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
         report=report,
     )
     atomic.write_json(manifest_path, manifest)

@@ -1,4 +1,4 @@
-"""Synthetic H&E + Xenium-like slide in the "generic" input format (METHOD.md section 7).
+"""Synthetic H&E + Xenium-like slide in the "generic" input format (docs/method.md, "Data formats").
 
 ``write_synthetic_slide(out_dir, seed=0)`` writes ``slide.ome.tif`` (pyramidal BigTIFF OME, RGB,
 256 px zlib tiles, sub-resolutions as SubIFDs) and ``cells.h5ad`` (raw counts, centroids in
@@ -35,13 +35,11 @@ the same tissue at any ``pixel_size_um``; only the rendering changes):
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import itertools
 import os
 import pathlib
-import time
 from typing import Iterator
 
 import numpy as np
@@ -593,36 +591,3 @@ def write_synthetic_slide(
         with atomic.atomic_path(slide.wsi) as tmp:
             _write_wsi(tmp, f, c, pixel_size_um, round(size_um / pixel_size_um), rng_pix)
     return slide
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size-um", type=float, default=2560.0)
-    p.add_argument("--pixel-size-um", type=float, default=0.2737)
-    p.add_argument("--n-genes", type=int, default=120)
-    p.add_argument("--cell-density", type=float, default=1.0)
-    a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    s = write_synthetic_slide(
-        a.out,
-        seed=a.seed,
-        size_um=a.size_um,
-        pixel_size_um=a.pixel_size_um,
-        n_genes=a.n_genes,
-        cell_density=a.cell_density,
-    )
-    import anndata
-
-    ad = anndata.read_h5ad(s.cells, backed="r")
-    n_cells = ad.n_obs
-    ad.file.close()
-    print(
-        f"wsi: {s.wsi}\ncells: {s.cells}\nn_cells: {n_cells}\n"
-        f"time: {time.perf_counter() - t0:.1f} s"
-    )
-
-
-if __name__ == "__main__":
-    main()

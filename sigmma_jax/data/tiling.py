@@ -1,4 +1,4 @@
-"""Tessellation of a slide into tiles at the target resolution (METHOD.md §1).
+"""Tessellation of a slide into tiles at the target resolution (docs/method.md, "Data").
 
 Tiles are laid on a grid in µm, so a slide at 0.2737 or 0.2125 µm/px gives tiles of the same physical
 size: 256 px at 0.5 µm/px = 128 µm. Pixels are resampled from level 0 with an anti-aliasing filter.
@@ -12,7 +12,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from sigmma_jax.readers import WSI, Slide
+from sigmma_jax.data.readers import WSI, Slide
 
 
 @dataclasses.dataclass(frozen=True)

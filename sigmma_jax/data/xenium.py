@@ -1,4 +1,4 @@
-"""Raw 10x Xenium output bundle + post-Xenium H&E OME-TIFF + alignment -> `Slide` (METHOD.md §7).
+"""Raw 10x Xenium output bundle + post-Xenium H&E OME-TIFF + alignment -> `Slide` (docs/method.md, "Data formats").
 
 Coordinates. Xenium centroids (`cells.parquet`) are in µm; dividing by `pixel_size`
 (experiment.xenium, µm per morphology pixel) gives morphology-image pixels. The Xenium Explorer
@@ -13,18 +13,16 @@ Memory. Only three columns of cells.parquet are read; the matrix stays sparse th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import logging
 import pathlib
-import sys
 
 import numpy as np
 import scipy.sparse as sp
 
-from sigmma_jax import readers
+from sigmma_jax.data import readers
 
 Path = pathlib.Path
 GENE_EXPRESSION = b"Gene Expression"
@@ -161,7 +159,7 @@ def um_to_he_px(xy_um: np.ndarray, alignment: np.ndarray, pixel_size: float) -> 
     return np.linalg.solve(alignment, morph.T).T[:, :2]
 
 
-def _inside(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def inside(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     return (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < w) & (xy[:, 1] < h)
 
@@ -191,9 +189,7 @@ def read_cells(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise readers.InputError(f"{path}: cannot read as parquet ({type(e).__name__}: {e})") from e
     ids = _ids(table.column("cell_id").to_numpy(zero_copy_only=False))
     xy = np.c_[table.column("x_centroid").to_numpy(), table.column("y_centroid").to_numpy()]
-    if len(np.unique(ids)) != len(ids):
-        uniq, n = np.unique(ids, return_counts=True)
-        raise readers.InputError(f"{path}: duplicated cell ids, e.g. {uniq[n > 1][:3].tolist()}")
+    readers.check_unique(ids, path)
     return ids, xy.astype(np.float64)
 
 
@@ -230,8 +226,7 @@ def read_matrix(path: Path) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, int]
         raise readers.InputError(f"{path}: inconsistent matrix: {'; '.join(problems)}")
     if len(data) and (not np.isfinite(data).all() or data.min() < 0):
         raise readers.InputError(f"{path}: counts contain negative, NaN or inf values")
-    if len(np.unique(barcodes)) != len(barcodes):
-        raise readers.InputError(f"{path}: duplicated barcodes in matrix/barcodes")
+    readers.check_unique(barcodes, path, "barcodes in matrix/barcodes")
     # CSC with one column per cell is, read the other way round, CSR with one row per cell.
     counts = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n_cells, n_features))
     gex = np.flatnonzero(kinds == GENE_EXPRESSION)
@@ -288,11 +283,11 @@ def read_xenium(
         )
 
     xy = um_to_he_px(xy_um, align.matrix, pixel_size)
-    inside = _inside(xy, shape)
-    if not inside.all():
+    placed = inside(xy, shape)
+    if not placed.all():
         hint = ""
-        if inside.mean() < 0.5:
-            flipped = _inside(
+        if placed.mean() < 0.5:
+            flipped = inside(
                 (np.c_[xy_um / pixel_size, np.ones(len(xy))] @ align.matrix.T)[:, :2], shape
             ).mean()
             hint = "; most cells miss the image: is the alignment for this H&E image"
@@ -300,7 +295,7 @@ def read_xenium(
                 hint += f", or inverted ({flipped:.0%} would land inside without the inverse)"
             hint += "?"
         raise readers.InputError(
-            f"{alignment}: {int((~inside).sum())} of {len(xy)} cells of {cells_path} map outside "
+            f"{alignment}: {int((~placed).sum())} of {len(xy)} cells of {cells_path} map outside "
             f"the {shape[1]}x{shape[0]} px H&E image {he_image.name}{hint}"
         )
 
@@ -319,48 +314,3 @@ def read_xenium(
         **info,
     )
     return slide
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle")
-    p.add_argument("he_image")
-    p.add_argument("alignment")
-    p.add_argument("--he_pixel_size_um", type=float, default=0.0)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        # The placement is printed before the full read so a bad alignment is still diagnosed.
-        spec, cells_path, _, he_image, alignment = bundle_files(
-            Path(a.bundle), Path(a.he_image), Path(a.alignment)
-        )
-        pixel_size = read_pixel_size(spec)
-        align = read_alignment(alignment, pixel_size)
-        _, xy_um = read_cells(cells_path)
-        with readers.WSI(he_image) as wsi:
-            frac = _inside(um_to_he_px(xy_um, align.matrix, pixel_size), wsi.shape).mean()
-        fit = ""
-        if align.rms_um is not None:
-            fit = f", {align.n_keypoints} keypoints, RMS {align.rms_um:.2f} µm"
-        print(f"alignment ({align.kind}{fit}): H&E level-0 px -> morphology px")
-        print(np.array2string(align.matrix, precision=6, suppress_small=True))
-        print(f"cells inside the H&E: {frac:.1%} of {len(xy_um)}")
-        s = read_xenium(a.bundle, a.he_image, a.alignment, he_pixel_size_um=a.he_pixel_size_um)
-    except (readers.InputError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    r = s.report
-    print(
-        f"{s.name}: {len(s.xy)} cells, {len(s.genes)} genes ({s.dropped_controls} control/other "
-        f"features dropped, {r['matrix_columns_without_cell']} matrix columns without a cell)"
-    )
-    print(
-        f"pixel size: morphology {r['morphology_pixel_size_um']} µm; H&E {s.pixel_size_um:.4f} µm "
-        f"(OME {r['he_pixel_size_ome']}, from affine {r['he_pixel_size_affine']:.4f}); "
-        f"image {s.image_shape[1]}x{s.image_shape[0]} px"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,7 @@
-"""Results files of a run: results.json, results.md and PNG plots, plus the metrics-log reader.
+"""Results files of a run: results.json, results.md and PNG plots.
 
-Every file is written to a temporary name in its own directory and moved into place with
-os.replace, so a crash never leaves a half-written file. results.json is written last: its
-presence means the whole report is complete.
+Every file is written atomically (`sigmma_jax.atomic`), so a crash never leaves a half-written
+file. results.json is written last: its presence means the whole report is complete.
 
 Plots use matplotlib's Agg canvas directly (Figure + FigureCanvasAgg) rather than pyplot, so
 importing this module never switches the backend of a notebook or another caller.
@@ -10,70 +9,55 @@ importing this module never switches the backend of a notebook or another caller
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sigmma_jax import atomic
-from sigmma_jax.evaluation import _top_k
+from sigmma_jax.evaluation.retrieval import top_k
 
 DIRECTIONS = ("he_to_st", "st_to_he")
 RETRIEVAL_SCALES = ("micro", "meso", "macro", "combined")
-PROBE_ROWS = (
+EXPRESSION_ROWS = (
     ("PCC per tile", "pcc_tile_mean", "pcc_tile_sd"),
     ("MSE per tile", "mse_tile_mean", "mse_tile_sd"),
     ("PCC per gene", "pcc_gene_mean", None),
     ("genes", "n_genes", None),
     ("PCA components", "n_components", None),
+    ("neighbours", "k", None),
 )
+# Expression evaluators and the title of their table.
+EXPRESSION = {
+    "probe": "Gene expression prediction: linear probe on HE embeddings (mean ± sd over test tiles)",
+    "knn_expression": "Gene expression prediction: mean of the nearest training tiles in the joint "
+    "space, BLEEP's predictor (mean ± sd over test tiles)",
+}
+# What the model columns are; results.md says it under the tables.
+MODEL_NOTES = {
+    "trained": "the model after training",
+    "initial": "the model at initialisation: with converted weights, the pretrained backbone behind "
+    "randomly initialised heads and ST tower",
+}
 _LOSS_KEYS = ("loss", "loss_micro", "loss_meso", "loss_macro")
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    with atomic.atomic_path(path) as tmp, open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())  # results are what people keep: make them durable too
-
-
-def _jsonable(x: Any) -> Any:
-    # numpy scalars/arrays become plain numbers and lists; NaN/inf become null because bare
-    # NaN is not valid JSON and breaks strict readers.
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
 
 
 # --------------------------------------------------------------------------- markdown
 
 
 def _models(results: dict) -> list[str]:
-    # "trained" and "untrained" first; any other entry holding retrieval/probe metrics (a
-    # baseline) gets its own column after them.
+    # "trained" and "initial" first; any other entry holding evaluator results (a baseline) gets its
+    # own column after them.
     found = [
-        k for k, v in results.items() if isinstance(v, dict) and ("retrieval" in v or "probe" in v)
+        k
+        for k, v in results.items()
+        if isinstance(v, dict) and any(e in v for e in ("retrieval", *EXPRESSION))
     ]
-    order = {"trained": 0, "untrained": 1}
+    order = {"trained": 0, "initial": 1}
     return sorted(found, key=lambda k: (order.get(k, 2), found.index(k)))
 
 
@@ -125,19 +109,26 @@ def _markdown(results: dict) -> str:
                     rows.append([d.replace("_to_", "→").upper(), s] + [_fmt(v) for v in vals])
         lines += _table(header, rows) + [""]
 
-    probes = {m: results[m]["probe"] for m in models if "probe" in results[m]}
-    if probes:
-        lines += ["## Gene expression prediction (linear probe, mean ± sd over test tiles)", ""]
+    for evaluator, title in EXPRESSION.items():
+        found = {m: results[m][evaluator] for m in models if evaluator in results[m]}
+        if not found:
+            continue
+        lines += [f"## {title}", ""]
         rows = []
-        for label, mean_key, sd_key in PROBE_ROWS:
+        for label, mean_key, sd_key in EXPRESSION_ROWS:
+            if all(p.get(mean_key) is None for p in found.values()):
+                continue
             cells = []
-            for p in probes.values():
+            for p in found.values():
                 cell = _fmt(p.get(mean_key))
                 if sd_key and p.get(sd_key) is not None:
                     cell += f" ± {_fmt(p[sd_key])}"
                 cells.append(cell)
             rows.append([label] + cells)
-        lines += _table(["metric"] + list(probes), rows) + [""]
+        lines += _table(["metric"] + list(found), rows) + [""]
+    notes = [f"- {m}: {MODEL_NOTES[m]}" for m in models if m in MODEL_NOTES]
+    if notes:
+        lines += ["Columns:", ""] + notes + [""]
     return "\n".join(lines)
 
 
@@ -146,7 +137,8 @@ def _markdown(results: dict) -> str:
 
 def _save_png(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), mode="wb")
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
 
 
 def _chance(key: str, n: Any) -> float | None:
@@ -156,7 +148,7 @@ def _chance(key: str, n: Any) -> float | None:
     except ValueError:
         return None
     if isinstance(n, (int, np.integer)) and n > 0:
-        return _top_k(p, int(n)) / n
+        return top_k(p, int(n)) / n
     return p / 100
 
 
@@ -221,42 +213,14 @@ def write_results(
 ) -> None:
     """Write results.md, plots/recall.png, plots/training.png (if `history`) and results.json.
 
-    `results` is {"trained": {"retrieval": ..., "probe": ...}, "untrained": {...},
-    "n_test_tiles": int, "n_train_tiles": int, ...}; extra keys are kept in results.json, and
-    scalar ones are listed in results.md. Any other entry with "retrieval"/"probe" (a baseline)
-    gets its own column.
+    `results` is {"trained": {evaluator: ...}, "initial": {...}, "n_test_tiles": int,
+    "n_train_tiles": int, ...}; extra keys are kept in results.json, and scalar ones are listed in
+    results.md. Any other entry with evaluator results (a baseline) gets its own column.
     """
     workdir = Path(workdir)
     plots = workdir / "plots"
-    _atomic_write(workdir / "results.md", lambda f: f.write(_markdown(results)))
+    atomic.write_text(workdir / "results.md", _markdown(results))
     _plot_recall(results, plots / "recall.png")
     if history:
         _plot_training(history, plots / "training.png")
-    payload = _jsonable(results)
-    # default=str: an odd pass-through extra (a Path in a config) must not sink the whole report.
-    _atomic_write(
-        workdir / "results.json",
-        lambda f: json.dump(payload, f, indent=2, allow_nan=False, default=str),
-    )
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines metrics log (one dict per line).
-
-    An unparsable last line is dropped silently: it is the normal trace of a run killed mid-write.
-    An unparsable line elsewhere is dropped with a warning rather than failing the whole report.
-    """
-    lines = Path(path).read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                warnings.warn(f"{path}:{i + 1}: skipping malformed line")
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    atomic.write_json(workdir / "results.json", results, indent=2)

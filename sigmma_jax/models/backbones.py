@@ -1,7 +1,7 @@
-"""The HE backbones of SIGMMA (METHOD.md §2, paper Table 3) and their converted weights.
+"""The HE backbones of SIGMMA (docs/method.md, "HE encoder"; paper Table 3) and their converted weights.
 
     from sigmma_jax.models import backbones
-    model, params = backbones.load("uni", "weights/uni")      # a directory made by sigmma_jax.convert
+    model, params = backbones.load("weights/uni")              # a directory made by sigmma_jax.convert
     emb = model.apply({"params": params}, images)              # float32 NHWC in [0, 1] -> (B, D)
 
 | arch          | timm model (kwargs in `TIMM`)                | embedding             | D    |
@@ -11,24 +11,23 @@
 | `h-optimus-0` | vit_giant_patch14_reg4_dinov2, 4 registers, SwiGLU-packed, img_size=224 | class token | 1536 |
 | `resnet50`    | resnet50 (num_classes=0)                     | global average pool   | 2048 |
 
-Normalisation (each model's mean/std) belongs to the backbone. Besides `load`, this module holds what
-training needs: `from_config` (the backbone module of a run config), `load_into` (converted weights
-into an initialised parameter tree), `param_labels` (frozen / last-k / full) and `layer_decay`
-(layer-wise learning-rate decay as an optax transformation).
+Normalisation (each model's mean/std) belongs to the backbone. One way to build a backbone, `build`
+(a preset name or a config dict); one way to load converted weights, `load`; `resolve` turns a run
+config's `model` section into what `build` takes, reading the converted weights' metadata once, so
+the model itself never reads a file.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+from flax import traverse_util
 
 from sigmma_jax import atomic
 from sigmma_jax.models.resnet import ResNet
@@ -141,27 +140,78 @@ def config(arch: str, **overrides) -> dict[str, Any]:
     return {**ARCHS[arch], **overrides}
 
 
-def build_module(cfg: dict[str, Any], **kwargs) -> nn.Module:
-    """A module from a full config dict (with "kind"); kwargs go to the constructor (dtype, name...)."""
-    cfg = dict(cfg)
+TRAINING_MODES = ("frozen", "last_k", "full")
+
+
+def trainable_blocks(mode: str, last_k: int = 0) -> int:
+    """The backbone's `trainable_blocks` for a training mode: gradients stop below the last k blocks
+    (-1: all trainable). The optimizer's labels (`train.optimizer.param_labels`) follow the same rule."""
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"backbone_mode must be one of {TRAINING_MODES}, got {mode!r}")
+    return {"frozen": 0, "full": -1, "last_k": int(last_k)}[mode]
+
+
+def build(
+    cfg: str | Mapping[str, Any],
+    *,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    trainable_blocks: int = -1,
+    attn_impl: str | None = None,
+    name: str | None = None,
+    **overrides,
+) -> nn.Module:
+    """The Flax module of a preset name (`ARCHS`) or a full config dict (with "kind"), e.g. the one
+    saved with converted weights; `overrides` change preset fields (depth=2 in tests).
+
+    `attn_impl` ("cudnn": fused attention on NVIDIA GPUs) applies to ViTs only. Random parameters
+    come from `init_params`, converted ones from `load`.
+    """
+    cfg = config(cfg, **overrides) if isinstance(cfg, str) else {**cfg, **overrides}
     kind = cfg.pop("kind")
     for k in ("mean", "std", "layers"):
         if k in cfg:
             cfg[k] = tuple(cfg[k])
-    if "dtype" in kwargs:
-        kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    kw = dict(dtype=jnp.dtype(dtype), remat=remat, trainable_blocks=trainable_blocks, name=name)
     if kind == "vit":
-        return VisionTransformer(**cfg, **kwargs)
+        return VisionTransformer(**cfg, **kw, attn_impl=attn_impl or None)
     if kind == "resnet":
-        return ResNet(**cfg, **kwargs)
+        return ResNet(**cfg, **kw)
     raise ValueError(f"unknown backbone kind {kind!r}")
 
 
-def build(
-    arch: str, *, dtype=jnp.float32, remat: bool = False, name: str | None = None, **overrides
-) -> nn.Module:
-    """The Flax module of a preset (random weights come from `init_params`)."""
-    return build_module(config(arch, **overrides), dtype=dtype, remat=remat, name=name)
+def resolve(model_config, cfg: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, build kwargs) of a run config's `model` section: `build(cfg, **kw)` is its
+    backbone.
+
+    - `cfg` given (the config saved with a checkpoint): that config; nothing is read.
+    - `model.backbone_weights` set: the architecture and shape saved with the converted weights
+      (their metadata is read here, once; the weights themselves are read by `load`).
+    - else `model.backbone`: "vit" is `VisionTransformer(**model.vit)`; a preset name builds that preset.
+    Training mode: `model.backbone_mode` frozen | last_k (`model.backbone_last_k` blocks) | full;
+    `model.remat`, `model.dtype`, `model.attn_impl` as documented in config_base.
+    """
+    m = model_config
+    if cfg is not None:
+        cfg = dict(cfg)
+    elif m.backbone_weights:
+        meta = read_meta(m.backbone_weights)
+        if m.backbone not in ("vit", meta["arch"]):
+            raise ValueError(
+                f"model.backbone is {m.backbone!r} but {m.backbone_weights} holds {meta['arch']!r}"
+            )
+        cfg = dict(meta["config"])
+    elif m.backbone == "vit":
+        cfg = dict(kind="vit", **dict(m.vit))
+    else:
+        cfg = config(m.backbone)
+    kw = dict(
+        dtype=m.dtype,
+        remat=bool(m.remat),
+        trainable_blocks=trainable_blocks(m.backbone_mode, m.backbone_last_k),
+        attn_impl=m.attn_impl or None,
+    )
+    return cfg, kw
 
 
 def init_params(model: nn.Module, seed: int = 0):
@@ -209,19 +259,9 @@ def read_meta(path: str | pathlib.Path) -> dict:
     return json.loads((path / META).read_text())
 
 
-def _flat(tree, prefix=()) -> dict[str, Any]:
-    """{"a/b/kernel": leaf} over nested mappings."""
-    if not isinstance(tree, Mapping):
-        return {"/".join(prefix): tree}
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, prefix + (str(k),)))
-    return out
-
-
 def _check_tree(expected, found, where: str) -> None:
-    e = {k: tuple(v.shape) for k, v in _flat(expected).items()}
-    f = {k: tuple(v.shape) for k, v in _flat(found).items()}
+    flat = lambda t: {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(t, sep="/").items()}
+    e, f = flat(expected), flat(found)
     problems = [f"missing {k} {e[k]}" for k in sorted(set(e) - set(f))]
     problems += [f"unexpected {k} {f[k]}" for k in sorted(set(f) - set(e))]
     problems += [
@@ -231,239 +271,36 @@ def _check_tree(expected, found, where: str) -> None:
         raise ValueError(f"{where} does not fit the model: " + "; ".join(problems))
 
 
-def restore_params(path: str | pathlib.Path, target):
-    """Orbax restore of <path>/params into the structure, shapes and shardings of `target`.
-
-    `target` leaves may be arrays (their sharding is kept) or ShapeDtypeStructs.
-    """
+def _restore(path: pathlib.Path, like):
+    """Orbax restore of <path>/params into the structure, shapes and shardings of `like`."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-    path = pathlib.Path(path).absolute() / PARAMS
+    path = path.absolute() / PARAMS
     ckptr = ocp.StandardCheckpointer()
-    saved = ckptr.metadata(path).item_metadata.tree
-    _check_tree(target, saved, str(path))
+    _check_tree(like, ckptr.metadata(path).item_metadata.tree, str(path))
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
     def abstract(x):
         sharding = getattr(x, "sharding", None) or default
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    return ckptr.restore(path, jax.tree.map(abstract, target))
+    return ckptr.restore(path, jax.tree.map(abstract, like))
 
 
 def load(
-    arch: str, path: str | pathlib.Path, *, dtype=jnp.float32, remat: bool = False, **overrides
+    path: str | pathlib.Path, *, arch: str | None = None, like=None, **build_kwargs
 ) -> tuple[nn.Module, Any]:
     """(model, params) of a directory written by `sigmma_jax.convert`.
 
     The model is built from the configuration saved with the weights (so an `--img_size` chosen at
-    conversion holds); `overrides` change non-structural fields (e.g. trainable_blocks, attn_impl).
+    conversion holds), with `build_kwargs` (dtype, trainable_blocks, attn_impl...). `arch`, when
+    given, must match the saved one. `like` (arrays or ShapeDtypeStructs, e.g. the backbone part of
+    an initialised train state) gives the restored arrays their shardings; the names and shapes must
+    match exactly, and the error lists every difference.
     """
+    path = pathlib.Path(path)
     meta = read_meta(path)
-    if meta["arch"] != arch:
+    if arch is not None and meta["arch"] != arch:
         raise ValueError(f"{path} holds {meta['arch']!r} weights, not {arch!r}")
-    model = build_module({**meta["config"], **overrides}, dtype=dtype, remat=remat)
-    params = restore_params(path, abstract_params(model))
-    return model, params
-
-
-def from_config(model_config, name: str = "backbone") -> nn.Module:
-    """The backbone module of a run config's `model` section (for `SIGMMA.setup`).
-
-    - `model.backbone_weights` set: the architecture and shape saved with the converted weights.
-    - else `model.backbone` (absent -> "vit"): "vit" builds `VisionTransformer(**model.vit)`; a preset
-      name ("uni", "uni2-h", "h-optimus-0", "resnet50") builds that preset.
-    Training mode: `model.backbone_mode` "frozen" | "last_k" (the last `model.backbone_last_k` blocks
-    get gradients) | "full"; `model.remat`, `model.dtype` as usual; `model.attn_impl` (optional):
-    "cudnn" for cuDNN's fused attention on NVIDIA GPUs (bf16; see docs/benchmarks.md).
-    """
-    get = lambda k, d=None: model_config.get(k, d) if hasattr(model_config, "get") else d
-    weights, arch = get("backbone_weights", ""), get("backbone", "vit")
-    if weights:
-        meta = read_meta(weights)
-        if arch not in ("vit", meta["arch"]):
-            raise ValueError(f"model.backbone is {arch!r} but {weights} holds {meta['arch']!r}")
-        cfg = dict(meta["config"])
-    elif arch == "vit":
-        cfg = dict(kind="vit", **dict(model_config.vit))
-    else:
-        cfg = config(arch)
-    mode = get("backbone_mode", "full")
-    trainable = {"frozen": 0, "full": -1}.get(mode, None)
-    if mode in ("last_k", "last-k"):
-        trainable = int(get("backbone_last_k", 0))
-    if trainable is None:
-        raise ValueError(f"backbone_mode must be frozen | last_k | full, got {mode!r}")
-    extra = {}
-    if cfg["kind"] == "vit" and get("attn_impl", ""):
-        extra["attn_impl"] = get("attn_impl")  # "cudnn": fused attention on NVIDIA GPUs (bf16)
-    return build_module(
-        cfg,
-        dtype=get("dtype", "float32"),
-        remat=bool(get("remat", False)),
-        trainable_blocks=trainable,
-        name=name,
-        **extra,
-    )
-
-
-def load_into(params, path: str | pathlib.Path, key: str = "backbone"):
-    """`params` with `params[key]` replaced by the converted weights in `path`.
-
-    Shapes and names must match exactly (the error lists every difference); the restored arrays get
-    the shardings of the arrays they replace, so this works on a replicated train state:
-    `state = state.replace(params=backbones.load_into(state.params, config.model.backbone_weights))`.
-    """
-    restored = restore_params(path, params[key])
-    out = dict(params)
-    out[key] = restored
-    if hasattr(params, "copy") and not isinstance(params, dict):  # FrozenDict
-        return params.copy({key: restored})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training modes and layer-wise learning-rate decay, by parameter path.
-# Paths are walked over nested mappings, so optax's MaskedNode leaves (inside multi_transform) keep
-# their place and the numbering does not depend on which leaves a transformation sees.
-
-_BLOCK = re.compile(r"^blocks_(\d+)$")
-_RES_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
-_EMBED = ("patch_embed", "cls_token", "reg_token", "pos_embed", "conv1", "bn1")
-
-
-def _leaf_paths(tree, prefix=()):
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _leaf_paths(v, prefix + (str(k),))
-    else:
-        yield prefix
-
-
-def _map_paths(fn, tree, prefix=()):
-    if isinstance(tree, Mapping):
-        out = {k: _map_paths(fn, v, prefix + (str(k),)) for k, v in tree.items()}
-        return out if isinstance(tree, dict) else type(tree)(out)
-    return fn(prefix, tree)
-
-
-def _is_masked(x) -> bool:
-    return type(x).__name__ == "MaskedNode"
-
-
-class _Layers:
-    """timm's layer numbering for layer decay: embeddings 0, block i -> i + 1 (ResNet: bottlenecks in
-    order), the final norm (anything after the blocks) -> depth + 1."""
-
-    def __init__(self, tree):
-        vit, res = set(), {}
-        for path in _leaf_paths(tree):
-            for k in path:
-                if m := _BLOCK.match(k):
-                    vit.add(int(m.group(1)))
-                elif m := _RES_BLOCK.match(k):
-                    s, j = int(m.group(1)), int(m.group(2))
-                    res[s] = max(res.get(s, 0), j + 1)
-        self.offsets, total = {}, 0
-        for s in sorted(res):
-            self.offsets[s] = total
-            total += res[s]
-        self.depth = len(vit) + total
-
-    def __call__(self, path) -> int:
-        for k in path:
-            if m := _BLOCK.match(k):
-                return int(m.group(1)) + 1
-            if m := _RES_BLOCK.match(k):
-                return self.offsets[int(m.group(1))] + int(m.group(2)) + 1
-        if any(k in _EMBED for k in path):
-            return 0
-        return self.depth + 1
-
-
-def num_layers(backbone_params) -> int:
-    """Blocks of a backbone parameter tree (ViT blocks or ResNet bottlenecks)."""
-    return _Layers(backbone_params).depth
-
-
-def layer_ids(backbone_params):
-    """Per-leaf layer id (see `_Layers`)."""
-    layers = _Layers(backbone_params)
-    return _map_paths(lambda p, _: layers(p), backbone_params)
-
-
-def _under(key, fn_backbone, fn_rest, tree):
-    """Applies fn_backbone(path, leaf) inside tree[key] (paths relative to it), fn_rest elsewhere."""
-    if key is None:
-        return fn_backbone(tree)
-    out = {k: (fn_backbone(v) if k == key else _map_paths(fn_rest, v)) for k, v in tree.items()}
-    return out if isinstance(tree, dict) else type(tree)(out)
-
-
-def lr_multipliers(params, decay: float, key: str | None = "backbone"):
-    """Learning-rate multiplier per leaf: decay ** (depth + 1 - layer_id) inside `params[key]`
-    (the whole tree when key is None), 1.0 elsewhere."""
-
-    def backbone(bp):
-        layers = _Layers(bp)
-        return _map_paths(lambda p, _: float(decay) ** (layers.depth + 1 - layers(p)), bp)
-
-    return _under(key, backbone, lambda p, _: 1.0, params)
-
-
-def layer_decay(decay: float, key: str | None = "backbone") -> optax.GradientTransformation:
-    """Scales each update by its `lr_multipliers` factor; chain it after the backbone's AdamW.
-
-    Multiplying AdamW's final update by s equals running that parameter with learning rate lr * s
-    (the decoupled weight decay is scaled by the learning rate too, as in timm's param groups).
-    Works inside `optax.multi_transform` (masked leaves are passed through).
-    """
-
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        if decay == 1.0:
-            return updates, state
-
-        def backbone(bu):
-            layers = _Layers(bu)
-
-            def scale(path, u):
-                if _is_masked(u) or u is None:
-                    return u
-                return u * jnp.asarray(float(decay) ** (layers.depth + 1 - layers(path)), u.dtype)
-
-            return _map_paths(scale, bu)
-
-        return _under(key, backbone, lambda p, u: u, updates), state
-
-    return optax.GradientTransformation(init, update)
-
-
-def param_labels(
-    params,
-    mode: str,
-    last_k: int = 0,
-    key: str = "backbone",
-    trainable: str = "backbone",
-    frozen: str = "frozen",
-    rest: str = "rest",
-):
-    """Optimizer labels: `rest` outside `params[key]`; inside, `trainable` or `frozen` by mode.
-
-    mode "full": every backbone leaf trainable; "frozen": none; "last_k": the last `last_k` blocks and
-    the final norm (what `trainable_blocks=last_k` lets gradients reach). Give the frozen label
-    `optax.set_to_zero()` in `optax.multi_transform`: it keeps no optimizer state.
-    """
-    if mode not in ("full", "frozen", "last_k", "last-k"):
-        raise ValueError(f"mode must be frozen | last_k | full, got {mode!r}")
-
-    def backbone(bp):
-        layers = _Layers(bp)
-        first = {"full": 0, "frozen": layers.depth + 2}.get(mode, layers.depth + 1 - int(last_k))
-        return _map_paths(lambda p, _: trainable if layers(p) >= first else frozen, bp)
-
-    return _under(key, backbone, lambda p, _: rest, params)
+    model = build(meta["config"], **build_kwargs)
+    return model, _restore(path, abstract_params(model) if like is None else like)

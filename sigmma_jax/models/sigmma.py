@@ -1,4 +1,15 @@
-"""The two towers: multi-crop HE encoder and hierarchical ST encoder, projected to one latent space."""
+"""The two-tower model: an HE tower and an ST tower, projected to one latent space per scale.
+
+SIGMMA is `MultiCrop` (HE) with the graph `STEncoder` (ST) at three scales. A baseline is another
+pair of towers in the same model, loop and evaluation: `HE_TOWERS` and `ST_TOWERS` name them
+(`config.model.he_tower`, `config.model.st_tower`). The model's scales are those both towers produce
+and the loss weighs (`train.scale_weights`); heads are shared across scales, one per modality.
+
+The backbone is built outside (`backbones.build(cfg, **kw)` with `backbones.resolve(config.model)`)
+and passed in:
+nothing here reads a file, and the backbone's parameters sit at `params["backbone"]`, where converted
+weights are loaded.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +18,89 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sigmma_jax.models import backbones
-from sigmma_jax.models.he_encoder import HEEncoder
+from sigmma_jax.models.expression_mlp import ExpressionMLP
+from sigmma_jax.models.he_encoder import MultiCrop, WholeTile
+from sigmma_jax.models.heads import ProjectionHead
 from sigmma_jax.models.st_encoder import STEncoder
+from sigmma_jax.scales import SCALES
 
-SCALES = ("micro", "meso", "macro")
-
-
-class ProjectionHead(nn.Module):
-    """BLEEP's head: Linear -> GELU -> Linear -> dropout, residual, LayerNorm; then L2-normalised."""
-
-    dim: int
-    dropout: float
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        p = nn.Dense(self.dim, name="proj")(x)
-        h = nn.Dense(self.dim, name="fc")(nn.gelu(p, approximate=False))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.LayerNorm()(h + p)
-        return h / jnp.linalg.norm(h, axis=-1, keepdims=True).clip(1e-6)
+HE_TOWERS = {"multi_crop": MultiCrop, "whole_tile": WholeTile}
+# Each ST tower is built from its own config section: model.st for "graph", model.mlp for "mlp".
+ST_TOWERS = {"graph": (STEncoder, "st"), "mlp": (ExpressionMLP, "mlp")}
 
 
 class SIGMMA(nn.Module):
-    config: ml_collections.ConfigDict  # the `model` part of a run config
+    backbone: nn.Module
+    st: nn.Module  # the ST tower
+    he_tower: str = "multi_crop"
+    scales: tuple[str, ...] = SCALES
+    embed_dim: int = 256
+    head_dropout: float = 0.1
+    temperature_init: float = 0.07
+    learn_temperature: bool = True
+    temperature_min: float = 0.01
 
     def setup(self):
-        c = self.config
-        self.he = HEEncoder(
-            backbones.from_config(c, name="backbone"), frozen=c.backbone_mode == "frozen"
-        )
-        self.st = STEncoder(**c.st)
-        self.he_head = ProjectionHead(c.embed_dim, c.head_dropout)
-        self.st_head = ProjectionHead(c.embed_dim, c.head_dropout)
+        self.he = HE_TOWERS[self.he_tower](self.backbone)
+        self.he_head = ProjectionHead(self.embed_dim, self.head_dropout)
+        self.st_head = ProjectionHead(self.embed_dim, self.head_dropout)
         self.log_temperature = self.param(
-            "log_temperature", nn.initializers.constant(jnp.log(c.temperature_init)), ()
+            "log_temperature", nn.initializers.constant(jnp.log(self.temperature_init)), ()
         )
 
     def temperature(self) -> jax.Array:
         t = jnp.exp(self.log_temperature)
-        if not self.config.learn_temperature:
+        if not self.learn_temperature:
             t = jax.lax.stop_gradient(t)
-        return jnp.clip(t, self.config.temperature_min, 1.0)
+        return jnp.clip(t, self.temperature_min, 1.0)
 
     def __call__(self, batch: dict, train: bool = False) -> dict:
         """-> {"he": {scale: (B, E)}, "st": {...}, "he_backbone": {scale: (B, D)}, "temperature": ()}."""
         he_raw = self.he(batch["image"])
         st_raw = self.st(batch["graph"], train)
         return dict(
-            he={s: self.he_head(he_raw[s], train) for s in SCALES},
-            st={s: self.st_head(st_raw[s], train) for s in SCALES},
-            he_backbone=he_raw,
+            he={s: self.he_head(he_raw[s], train) for s in self.scales},
+            st={s: self.st_head(st_raw[s], train) for s in self.scales},
+            he_backbone={s: he_raw[s] for s in self.scales},
             temperature=self.temperature(),
         )
+
+
+def model_scales(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The scales a run trains and evaluates: produced by both towers, weighted by the loss."""
+    m = config.model
+    he = HE_TOWERS[m.he_tower].scales
+    st = ST_TOWERS[m.st_tower][0].scales
+    weights = dict(zip(SCALES, config.train.scale_weights))
+    scales = tuple(s for s in SCALES if s in he and s in st and weights[s] > 0)
+    if not scales:
+        raise ValueError(
+            f"no scale in common: HE tower {m.he_tower!r} has {he}, ST tower {m.st_tower!r} has "
+            f"{st}, train.scale_weights {tuple(config.train.scale_weights)}"
+        )
+    return scales
+
+
+def build(config: ml_collections.ConfigDict, backbone: nn.Module) -> SIGMMA:
+    """The model of a run config around an already built backbone."""
+    m = config.model
+    if m.he_tower not in HE_TOWERS:
+        raise ValueError(
+            f"unknown model.he_tower {m.he_tower!r}; expected one of {sorted(HE_TOWERS)}"
+        )
+    if m.st_tower not in ST_TOWERS:
+        raise ValueError(
+            f"unknown model.st_tower {m.st_tower!r}; expected one of {sorted(ST_TOWERS)}"
+        )
+    tower, section = ST_TOWERS[m.st_tower]
+    return SIGMMA(
+        backbone=backbone,
+        st=tower(**m[section]),
+        he_tower=m.he_tower,
+        scales=model_scales(config),
+        embed_dim=m.embed_dim,
+        head_dropout=m.head_dropout,
+        temperature_init=m.temperature_init,
+        learn_temperature=m.learn_temperature,
+        temperature_min=m.temperature_min,
+    )

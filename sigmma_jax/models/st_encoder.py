@@ -1,4 +1,4 @@
-"""Hierarchical cell-graph ST encoder g (METHOD.md §3, SIGMMA §4 and §5.2).
+"""Hierarchical cell-graph ST encoder g (docs/method.md, "ST encoder"; SIGMMA §4 and §5.2).
 
 micro: GraphSAGE on the kNN graph inside micro blocks -> attention pool -> z_micro.
 meso / macro: candidate pairs inside the coarser block that are not yet edges are scored by an MLP,
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from sigmma_jax.graphs import MICRO_PER_SIDE
+from sigmma_jax.scales import GRID, SCALES, block_ids
 
 NEG = -1e9
 
@@ -114,6 +114,8 @@ def dense_tiles(graph: jraph.GraphsTuple):
 
 
 class STEncoder(nn.Module):
+    """The graph tower: a batch's GraphsTuple -> {scale: (B, hidden)} pooled node states."""
+
     hidden: int = 256
     layers_per_scale: int = 1
     target_sum: float = 100.0
@@ -122,6 +124,7 @@ class STEncoder(nn.Module):
     gumbel_tau: float = 0.5
     straight_through: bool = True
     eval_edges: str = "expectation"
+    scales = SCALES
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> dict[str, jax.Array]:
@@ -133,9 +136,8 @@ class STEncoder(nn.Module):
         n = mask.shape[1]
         pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)
 
-        def same_block(per_side):
-            b = blocks // (MICRO_PER_SIDE // per_side)
-            ids = b[..., 1] * per_side + b[..., 0]
+        def same_block(scale):
+            ids = block_ids(blocks, GRID[scale])
             return ids[:, :, None] == ids[:, None, :]
 
         def layers(h, adj, scale):
@@ -147,8 +149,8 @@ class STEncoder(nn.Module):
         h = layers(h, adj, "micro")
         out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
         existing = adj > 0
-        for scale, per_side in (("meso", 2), ("macro", 1)):
-            cand = jax.lax.stop_gradient(pair & same_block(per_side) & ~existing)
+        for scale in SCALES[1:]:
+            cand = jax.lax.stop_gradient(pair & same_block(scale) & ~existing)
             y = EdgeSampler(
                 self.edge_hidden,
                 self.gumbel_tau,

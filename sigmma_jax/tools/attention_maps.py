@@ -1,20 +1,18 @@
-"""Attention maps of the HE backbone's last block (paper Fig. 3): class token -> patches, per head.
-
-    python -m sigmma_jax.attention_maps --arch=uni --weights=weights/uni --out=figs tile1.png tile2.png
+"""Attention maps of the HE backbone's last block (paper Fig. 3): class token -> patches, per head
+(the command: `python -m sigmma_jax.attention_maps`).
 
 For each tile this writes `<name>_attention.png` (the tile, the mean over heads, and one panel per
 head, each overlaid on the tile) and `<name>_attention.npy` ((heads, gh, gw) float32 maps).
 The tile is resized to the backbone's input size as the HE encoder does for its macro crop.
 From Python, `class_token_attention(model, params, images)` gives the maps of any ViT backbone,
-e.g. `SIGMMA`'s trained `params["backbone"]` with the module `backbones.from_config(config.model)`.
+e.g. a trained run's `params["backbone"]` with the module `backbones.build(cfg, **kw)`, where
+`cfg, kw = backbones.resolve(config.model)`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import pathlib
-import sys
 from typing import Sequence
 
 import jax
@@ -22,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from sigmma_jax import atomic
-from sigmma_jax.models import backbones
 
 
 def class_token_attention(model, params, images) -> np.ndarray:
@@ -113,34 +110,3 @@ def read_tile(path: str | pathlib.Path) -> np.ndarray:
     from PIL import Image  # pylint: disable=import-outside-toplevel
 
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sigmma_jax.attention_maps",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("tiles", nargs="+", help="tile images (PNG/JPEG/TIFF), all the same size")
-    p.add_argument(
-        "--arch",
-        default="uni",
-        choices=[a for a, c in backbones.ARCHS.items() if c["kind"] == "vit"],
-    )
-    p.add_argument("--weights", default="", help="converted backbone directory ('' = random init)")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    if a.weights:
-        model, params = backbones.load(a.arch, a.weights)
-    else:
-        model = backbones.build(a.arch)
-        params = backbones.init_params(model)
-    tiles = np.stack([read_tile(t) for t in a.tiles])
-    names = [pathlib.Path(t).stem for t in a.tiles]
-    for path in save_attention_maps(model, params, tiles, a.out, names):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,5 @@
-"""Ports a PyTorch (timm) backbone state dict to Flax parameters saved with Orbax.
-
-    python -m sigmma_jax.convert --arch=uni --src=pytorch_model.bin --dst=weights/uni
-    python -m sigmma_jax.convert --arch=uni --src=pytorch_model.bin --dst=weights/uni_256 --img_size=256
+"""Ports a PyTorch (timm) backbone state dict to Flax parameters saved with Orbax
+(the command: `python -m sigmma_jax.convert`).
 
 Reading is safe: `torch.load(weights_only=True)` for `.bin`/`.pt`/`.pth` (torch is needed only
 for these: `pip install sigmma_jax[torch]`), or safetensors for `.safetensors`. Never an unrestricted
@@ -10,23 +8,21 @@ message naming it (`--ignore=REGEX` drops keys you know are not part of the back
 classifier head). A position embedding trained on another grid is resampled to `--img_size` (default:
 the preset's) with timm's bicubic, antialiased `resample_abs_pos_embed`. The output directory holds
 `params/` (Orbax) and `backbone.json` (architecture, model config, the source file's SHA-256).
-`sigmma_jax.models.backbones.load(arch, dst)` reads it.
+`sigmma_jax.models.backbones.load(dst)` reads it.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
-import json
 import pathlib
 import pickle
 import re
-import sys
 from typing import Any, Callable
 
 import numpy as np
 
+from sigmma_jax import atomic
 from sigmma_jax.models import backbones
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
@@ -178,7 +174,7 @@ def convert_state_dict(
     """
     from flax import traverse_util  # pylint: disable=import-outside-toplevel
 
-    model = backbones.build_module(cfg)
+    model = backbones.build(cfg)
     expected = {
         k: tuple(v.shape)
         for k, v in traverse_util.flatten_dict(backbones.abstract_params(model)).items()
@@ -267,69 +263,9 @@ def convert(
     meta = dict(
         source=dict(file=src.name, sha256=sha256(src), bytes=src.stat().st_size, tensors=len(sd)),
         converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        timm=dict(zip(("model", "kwargs"), _jsonable(backbones.TIMM[arch]))),
+        timm=dict(zip(("model", "kwargs"), atomic.jsonable(backbones.TIMM[arch]))),
         ignored=ignore or "",
         **notes,
     )
     backbones.save(dst, arch, cfg, params, meta)
     return backbones.read_meta(dst)
-
-
-def _jsonable(x):
-    return json.loads(json.dumps(x, default=str))
-
-
-def _parse_value(v: str):
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sigmma_jax.convert",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--arch", required=True, choices=sorted(backbones.ARCHS))
-    p.add_argument("--src", required=True, help="pytorch_model.bin / .pt / .pth / .safetensors")
-    p.add_argument("--dst", required=True, help="output directory")
-    p.add_argument(
-        "--img_size",
-        type=int,
-        default=None,
-        help="input size to resample the position embedding for (default: the preset's)",
-    )
-    p.add_argument("--ignore", default=None, help="regex of source keys to drop, e.g. '^head\\.'")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset field (JSON value), e.g. --set depth=2",
-    )
-    a = p.parse_args(argv)
-    overrides = {}
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        overrides[k] = _parse_value(v)
-    try:
-        meta = convert(a.arch, a.src, a.dst, img_size=a.img_size, ignore=a.ignore, **overrides)
-    except ConversionError as e:
-        print(f"conversion failed: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"converted {a.src} ({meta['source']['tensors']} tensors, sha256 "
-        f"{meta['source']['sha256'][:16]}...) -> {a.dst} as {a.arch}"
-        + (
-            f"; pos_embed resampled {meta['pos_embed_resampled']}"
-            if "pos_embed_resampled" in meta
-            else ""
-        )
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,18 @@
-"""Three-scale symmetric InfoNCE (METHOD.md §4, SIGMMA §5.3).
+"""Contrastive losses by name (docs/method.md, "Loss"; SIGMMA §5.3).
 
 Called on global arrays inside the jitted step: with the batch sharded over devices, XLA gathers the
-embeddings, so every device's tiles are negatives for every other's.
+embeddings, so every device's tiles are negatives for every other's. A loss takes the model's output
+({"he": {scale: (B, E)}, "st": ..., "temperature": ()}) and the per-scale weights, and returns the
+total and each scale's term.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
-
-SCALES = ("micro", "meso", "macro")
 
 
 def info_nce(a: jax.Array, b: jax.Array, temperature: jax.Array) -> jax.Array:
@@ -23,8 +25,13 @@ def info_nce(a: jax.Array, b: jax.Array, temperature: jax.Array) -> jax.Array:
     )
 
 
-def sigmma_loss(out: dict, weights=(1.0, 1.0, 1.0)) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """L = Σ_s w_s InfoNCE(z_he^s, z_st^s); returns the total and each scale's term."""
-    per = {s: info_nce(out["he"][s], out["st"][s], out["temperature"]) for s in SCALES}
-    total = sum(w * per[s] for w, s in zip(weights, SCALES))
+def multiscale_info_nce(
+    out: dict, weights: dict[str, float]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L = Σ_s w_s InfoNCE(z_he^s, z_st^s) over the model's scales."""
+    per = {s: info_nce(out["he"][s], out["st"][s], out["temperature"]) for s in out["he"]}
+    total = sum(weights[s] * per[s] for s in per)
     return total, per
+
+
+LOSSES: dict[str, Callable] = {"info_nce": multiscale_info_nce}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from sigmma_jax import graphs
+from sigmma_jax.data import graphs
 
 
 def _cells(n, seed=0, tile=256):

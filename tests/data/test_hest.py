@@ -2,28 +2,15 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
-from hest_fixtures import write_hest_sample
-from slides import pink_slide
-from xenium_fixtures import rotation_affine, write_xenium_bundle
+from support.configs import tiny_config
+from support.hest import sample
+from support.xenium import rotation_affine, write_xenium_bundle
 
-from sigmma_jax import hest, input_pipeline, preprocess, readers, records
-
-
-def _sample(tmp_path, sample_id="TENX999", seed=0, **kw):
-    (tmp_path / f"generic_{sample_id}").mkdir(parents=True)
-    wsi, cells, xy, counts, genes = pink_slide(tmp_path / f"generic_{sample_id}", seed=seed, **kw)
-    ids = [f"cell{i}" for i in range(len(xy))]
-    with readers.WSI(wsi) as w:
-        image = w.read(0, w.shape[0], 0, w.shape[1])
-    write_hest_sample(
-        tmp_path / "hest", sample_id, image, 0.2737, xy, counts, genes, ids, seed=seed
-    )
-    return wsi, cells, xy, counts, genes
+from sigmma_jax.data import hest, input_pipeline, readers, records, shards
 
 
 def test_hest_sample_reads_as_the_same_slide_as_the_generic_format(tmp_path):
-    wsi, cells, xy, counts, genes = _sample(tmp_path)
+    wsi, cells, xy, counts, genes = sample(tmp_path)
     h = hest.read_hest(tmp_path / "hest", "TENX999")
     g = readers.read_generic(cells, wsi)
     assert h.pixel_size_um == pytest.approx(g.pixel_size_um) and h.image_shape == g.image_shape
@@ -39,7 +26,7 @@ def test_hest_sample_reads_as_the_same_slide_as_the_generic_format(tmp_path):
 
 
 def test_the_same_slide_in_all_three_formats_gives_the_same_tiles(tmp_path):
-    wsi, cells, xy, counts, genes = _sample(tmp_path, side_px=1900, n_cells=900)
+    wsi, cells, xy, counts, genes = sample(tmp_path, side_px=1900, n_cells=900)
     affine = rotation_affine(0.2737, degrees=-4.0, translation=(950.0, -60.0))
     bundle, he, align = write_xenium_bundle(
         tmp_path / "x",
@@ -63,7 +50,7 @@ def test_the_same_slide_in_all_three_formats_gives_the_same_tiles(tmp_path):
             xenium_dir=str(bundle),
             alignment=str(align),
         )
-        m = preprocess.preprocess(c, tmp_path)
+        m = shards.preprocess(c, tmp_path)
         split = input_pipeline.ShardSource(c.data.shard_dir, m, "train")
         out[src] = (
             m,
@@ -90,14 +77,14 @@ def test_the_same_slide_in_all_three_formats_gives_the_same_tiles(tmp_path):
             np.testing.assert_array_equal(r[k]["senders"].size, rg[k]["senders"].size)
 
 
-def test_several_samples_share_a_panel_and_split_by_sample(tmp_path):
-    _sample(tmp_path, "TENX1", seed=1, n_genes=12)
-    _sample(tmp_path, "TENX2", seed=2, n_genes=10)  # a smaller panel: G10, G11 are not shared
+def test_several_samples_share_a_panel_and_split_bysample(tmp_path):
+    sample(tmp_path, "TENX1", seed=1, n_genes=12)
+    sample(tmp_path, "TENX2", seed=2, n_genes=10)  # a smaller panel: G10, G11 are not shared
     for fold, held_out in ((0, "TENX1"), (1, "TENX2")):
         c = tiny_config(tmp_path / f"shards{fold}")
         c.data.update(source="hest", hest_dir=str(tmp_path / "hest"), sample_ids=("TENX1", "TENX2"))
         c.data.split.fold = fold
-        m = preprocess.preprocess(c, tmp_path)
+        m = shards.preprocess(c, tmp_path)
         assert m["genes"] == [f"G{i}" for i in range(10)]
         assert m["report"]["slides"]["TENX1"]["genes_not_shared"] == 2
         test = {m["tiles"][i]["slide"] for i in m["splits"]["test"]}
@@ -116,7 +103,7 @@ def test_several_samples_share_a_panel_and_split_by_sample(tmp_path):
     ],
 )
 def test_bad_hest_input_names_the_file(tmp_path, case, pattern):
-    _sample(tmp_path)
+    sample(tmp_path)
     p = hest.sample_paths(tmp_path / "hest", "TENX999")
     if case == "no_wsi":
         p["wsi"].unlink()

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from support.tiles import tile
 
-from sigmma_jax import graphs, input_pipeline, records
+from sigmma_jax.data import graphs, input_pipeline, records
 
 
 class _FixedRng:
@@ -14,27 +15,9 @@ class _FixedRng:
         return self.k
 
 
-def _tile(n=60, m=256, seed=0, genes=7):
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(0, m, (n, 2)).astype(np.float32)
-    blocks = graphs.micro_blocks(xy, m)
-    s, r = graphs.build_micro_graph(xy, blocks)
-    counts = rng.poisson(2.0, (n, genes)).astype(np.float32)
-    return dict(
-        image=rng.integers(0, 256, (m, m, 3), dtype=np.uint8),
-        xy=xy,
-        blocks=blocks,
-        counts=counts,
-        senders=s,
-        receivers=r,
-        tile_counts=counts.sum(0),
-        meta=dict(slide="s", row=0, col=0, n_cells=n),
-    )
-
-
 @pytest.mark.parametrize("k", range(8))
 def test_augmentation_keeps_every_cell_on_its_pixels(k):
-    t = _tile()
+    t = tile()
     a = input_pipeline.augment(t, _FixedRng(k))
     px = lambda tile: tile["image"][
         np.floor(tile["xy"][:, 1]).astype(int), np.floor(tile["xy"][:, 0]).astype(int)
@@ -49,13 +32,13 @@ def test_augmentation_keeps_every_cell_on_its_pixels(k):
 
 
 def test_augmentation_covers_the_eight_transforms():
-    t = _tile()
+    t = tile()
     outs = {input_pipeline.augment(t, _FixedRng(k))["image"].tobytes() for k in range(8)}
     assert len(outs) == 8
 
 
 def test_block_of_a_cell_on_a_border_is_kept_exactly():
-    t = _tile(n=3)
+    t = tile(n=3)
     t["xy"] = np.array([[64.0, 10.5], [128.0, 200.25], [10.5, 192.0]], np.float32)
     t["blocks"] = graphs.micro_blocks(t["xy"], 256)
     a = input_pipeline.augment(t, _FixedRng(6))  # mirror x and y
@@ -63,7 +46,7 @@ def test_block_of_a_cell_on_a_border_is_kept_exactly():
 
 
 def test_record_roundtrip():
-    t = _tile()
+    t = tile()
     back = records.decode(records.encode(t))
     for k in records.FIELDS:
         np.testing.assert_array_equal(back[k], t[k])
@@ -72,7 +55,7 @@ def test_record_roundtrip():
 
 
 def test_pad_and_collate_layout():
-    tiles = [_tile(n=n, seed=n) for n in (10, 60, 33)]
+    tiles = [tile(n=n, seed=n) for n in (10, 60, 33)]
     padded = [input_pipeline.pad_tile(t, 64, 512) for t in tiles]
     batch = input_pipeline.collate(padded)
     g = batch["graph"]
@@ -90,11 +73,11 @@ def test_pad_and_collate_layout():
         s = g.senders[b * 512 : b * 512 + e]
         np.testing.assert_array_equal(s, t["senders"] + b * 64)
     with pytest.raises(ValueError, match="over the budget"):
-        input_pipeline.pad_tile(_tile(n=70), 64, 512)
+        input_pipeline.pad_tile(tile(n=70), 64, 512)
 
 
-def test_train_iterator_batches_and_resumes(shards):
-    config, manifest = shards
+def test_train_iterator_batches_and_resumes(tiny_shards):
+    config, manifest = tiny_shards
     it = input_pipeline.train_iterator(config.data.shard_dir, manifest, 8, seed=0)
     first = [next(it) for _ in range(3)]
     b = first[0]
@@ -114,8 +97,8 @@ def test_train_iterator_batches_and_resumes(shards):
     )
 
 
-def test_eval_batches_cover_the_split_once(shards):
-    config, manifest = shards
+def test_eval_batches_cover_the_split_once(tiny_shards):
+    config, manifest = tiny_shards
     n = len(manifest["splits"]["test"])
     batches = list(input_pipeline.eval_batches(config.data.shard_dir, manifest, "test", 8))
     valid = np.concatenate([b["graph"].globals["valid"] for b in batches])

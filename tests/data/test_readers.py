@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from slides import pink_slide, write_cells, write_tiff
+from support.slides import pink_slide, write_cells, write_tiff
 
-from sigmma_jax import readers
+from sigmma_jax.data import readers
 
 
 def test_generic_reader_reads_pixel_size_and_drops_controls(tmp_path):

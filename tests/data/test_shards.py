@@ -3,10 +3,10 @@ import pathlib
 import anndata
 import numpy as np
 import pytest
-from conftest import tiny_config
-from slides import pink_slide, write_cells
+from support.configs import tiny_config
+from support.slides import pink_slide, write_cells
 
-from sigmma_jax import graphs, input_pipeline, preprocess, readers, records
+from sigmma_jax.data import graphs, input_pipeline, readers, records, shards
 
 
 def _records(config, manifest, split):
@@ -14,8 +14,8 @@ def _records(config, manifest, split):
     return [records.decode(src[i]) for i in range(len(src))]
 
 
-def test_records_hold_exactly_the_cells_of_their_tile(shards):
-    config, manifest = shards
+def test_records_hold_exactly_the_cells_of_their_tile(tiny_shards):
+    config, manifest = tiny_shards
     root = pathlib.Path(config.data.shard_dir).parent
     adata = anndata.read_h5ad(root / "slide" / "cells.h5ad")
     ps = float(adata.uns["pixel_size_um"])
@@ -51,8 +51,8 @@ def test_records_hold_exactly_the_cells_of_their_tile(shards):
         assert rec["image"].shape == (256, 256, 3)
 
 
-def test_splits_are_whole_spatial_blocks(shards):
-    config, manifest = shards
+def test_splits_are_whole_spatial_blocks(tiny_shards):
+    config, manifest = tiny_shards
     split_of_block = {}
     for t in manifest["tiles"]:
         key = (t["row"] // config.data.split.block_tiles, t["col"] // config.data.split.block_tiles)
@@ -77,17 +77,17 @@ def _generic_config(tmp_path, wsi, cells, **data):
 def test_rerun_skips_finished_work_and_resumes_a_crash(tmp_path):
     wsi, cells, *_ = pink_slide(tmp_path, side_px=1900, n_cells=900)
     c = _generic_config(tmp_path, wsi, cells, chunk_rows=1)
-    m1 = preprocess.preprocess(c, tmp_path)
+    m1 = shards.preprocess(c, tmp_path)
     shard_dir = tmp_path / "shards"
     mtimes = {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()}
-    assert preprocess.preprocess(c, tmp_path) == m1
+    assert shards.preprocess(c, tmp_path) == m1
     assert {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()} == mtimes
     # A crash after chunk 0 of 4: its sidecar (the proof of completion) and the manifest are missing.
     names = sorted(p.stem for p in shard_dir.glob("*.json") if p.name != "manifest.json")
     assert len(names) == 4
     (shard_dir / f"{names[1]}.json").unlink()
     (shard_dir / "manifest.json").unlink()
-    m2 = preprocess.preprocess(c, tmp_path)
+    m2 = shards.preprocess(c, tmp_path)
     assert m2 == dict(m1, report=dict(m1["report"], seconds=m2["report"]["seconds"]))
     after = {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()}
     for n in (names[0], names[2], names[3]):
@@ -98,13 +98,13 @@ def test_rerun_skips_finished_work_and_resumes_a_crash(tmp_path):
 
 def test_changed_settings_are_refused_not_mixed(tmp_path):
     wsi, cells, *_ = pink_slide(tmp_path)
-    preprocess.preprocess(_generic_config(tmp_path, wsi, cells), tmp_path)
+    shards.preprocess(_generic_config(tmp_path, wsi, cells), tmp_path)
     with pytest.raises(readers.InputError, match="other preprocessing settings"):
-        preprocess.preprocess(_generic_config(tmp_path, wsi, cells, knn_k=4), tmp_path)
+        shards.preprocess(_generic_config(tmp_path, wsi, cells, knn_k=4), tmp_path)
     # A new split needs no new shards: only the manifest changes.
     c = _generic_config(tmp_path, wsi, cells)
     c.data.split.seed = 5
-    assert preprocess.preprocess(c, tmp_path)["split_config"]["seed"] == 5
+    assert shards.preprocess(c, tmp_path)["split_config"]["seed"] == 5
 
 
 @pytest.mark.parametrize("policy", ["subsample", "drop"])
@@ -119,7 +119,7 @@ def test_overflowing_tiles_follow_the_policy_and_are_counted(tmp_path, policy):
     )
     write_cells(cells, xy, rng.poisson(3.0, (len(xy), 5)) + 1, [f"G{i}" for i in range(5)])
     c = _generic_config(tmp_path, wsi, cells, node_budget=48, overflow=policy)
-    m = preprocess.preprocess(c, tmp_path)
+    m = shards.preprocess(c, tmp_path)
     rep = m["report"]
     over = [t for t in m["tiles"] if t["n_cells"] > 48]
     if policy == "subsample":
@@ -145,7 +145,7 @@ def test_no_tissue_and_few_cells_are_dropped_and_counted(tmp_path):
     with pytest.raises(
         readers.InputError, match=r"no tile passed the filters.*'tiles_no_tissue': 4"
     ):
-        preprocess.preprocess(c, tmp_path)
+        shards.preprocess(c, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["luad", "paad", "skcm", "idc"])
@@ -159,14 +159,14 @@ def test_hest_configs_stop_at_once_on_a_folder_without_the_samples(tmp_path, nam
     assert c.model.vit.width == 96 and c.train.steps == 400  # ":demo" swapped the model in
     c.data.hest_dir = str(tmp_path)  # an empty folder: the first sample's WSI is missing
     with pytest.raises(readers.InputError, match=rf"wsis/{c.data.sample_ids[0]}\.tif: missing"):
-        preprocess.preprocess(c, tmp_path)
+        shards.preprocess(c, tmp_path)
 
 
 def test_cells_without_transcripts_are_skipped_and_counted(tmp_path):
     wsi, cells, xy, counts, genes = pink_slide(tmp_path)
     counts[:37, :-2] = 0  # 37 cells with nothing but control probes
     write_cells(cells, xy, counts, genes)
-    m = preprocess.preprocess(_generic_config(tmp_path, wsi, cells), tmp_path)
+    m = shards.preprocess(_generic_config(tmp_path, wsi, cells), tmp_path)
     rep = m["report"]["slides"]["cells"]
     inside = int(((xy[:37] * 0.2737) < 256).all(1).sum())  # in the 2x2 tiles of 128 µm
     assert rep["cells_zero_counts"] == inside > 0

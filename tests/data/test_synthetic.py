@@ -11,8 +11,8 @@ import tifffile
 import zarr
 from scipy import ndimage, sparse, spatial, stats
 
-from sigmma_jax import synthetic
-from sigmma_jax.synthetic import SyntheticSlide, write_synthetic_slide
+from sigmma_jax.data import synthetic
+from sigmma_jax.data.synthetic import SyntheticSlide, write_synthetic_slide
 
 SEED = 0
 SIZE_UM = 512.0
@@ -236,10 +236,8 @@ def test_crash_leaves_no_final_file(tmp_path, monkeypatch, image):
     np.testing.assert_array_equal(tifffile.imread(done.wsi), image)
 
 
-def test_cli_and_single_level(tmp_path, capsys):
-    synthetic.main(["--out", str(tmp_path), "--seed", "3", "--size-um", "200"])
-    out = capsys.readouterr().out
-    assert "n_cells:" in out and str(tmp_path / "slide.ome.tif") in out
+def test_small_slide_has_a_single_level(tmp_path):
+    write_synthetic_slide(tmp_path, seed=3, size_um=200)
     with tifffile.TiffFile(tmp_path / "slide.ome.tif") as tif:
         assert len(tif.series[0].levels) == 1  # 731 px < 1024: no sub-resolutions
     assert anndata.read_h5ad(tmp_path / "cells.h5ad").n_obs > 50

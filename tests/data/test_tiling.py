@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from slides import write_cells, write_tiff
+from support.slides import write_cells, write_tiff
 
-from sigmma_jax import readers, tiling
+from sigmma_jax.data import readers, tiling
 
 
 @pytest.mark.parametrize("pixel_size_um", [0.2737, 0.2125, 0.5])

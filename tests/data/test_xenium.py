@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from slides import pink_slide, write_cells
-from xenium_fixtures import rotation_affine, write_xenium_bundle, xenium_cell_ids
+from support.slides import pink_slide, write_cells
+from support.xenium import rotation_affine, write_xenium_bundle, xenium_cell_ids
 
-from sigmma_jax import readers, xenium
+from sigmma_jax.data import check, readers, xenium
 
 HE_PX = 0.2737
 SIDE = 1200
@@ -97,8 +97,8 @@ def test_matrix_columns_without_cells_are_dropped_and_counted(tmp_path):
     assert len(s.xy) == table.num_rows - 7 and s.report["matrix_columns_without_cell"] == 7
 
 
-def test_cli_prints_summary(tmp_path, capsys):
-    assert xenium.main([str(p) for p in _bundle(tmp_path)]) == 0
+def test_check_data_shows_where_the_cells_land(tmp_path, capsys):
+    assert check.check([str(p) for p in _bundle(tmp_path)])
     out = capsys.readouterr().out
     assert "300 cells, 12 genes" in out and "cells inside the H&E: 100.0%" in out
 

@@ -3,9 +3,11 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
+from support.runs import history
 
-from sigmma_jax import report
-from sigmma_jax.report import read_history, write_results
+from sigmma_jax import atomic
+from sigmma_jax.evaluation import report
+from sigmma_jax.evaluation.report import write_results
 
 
 def _recalls(base):
@@ -37,28 +39,12 @@ def _probe(pcc):
 def _results():
     return {
         "trained": {"retrieval": _retrieval(0.3), "probe": _probe(0.6111)},
-        "untrained": {"retrieval": _retrieval(0.05), "probe": _probe(0.2222)},
+        "initial": {"retrieval": _retrieval(0.05), "probe": _probe(0.2222)},
         "n_test_tiles": 412,
         "n_train_tiles": 1650,
         "split": "spatial_blocks",
         "config": {"latent_dim": 256, "scales": ["micro", "meso", "macro"]},
     }
-
-
-def _history(n=20):
-    return [
-        {
-            "step": 10 * i,
-            "loss": 9.0 - 0.3 * i,
-            "loss_micro": 3.1 - 0.1 * i,
-            "loss_meso": 3.0 - 0.1 * i,
-            "loss_macro": 2.9 - 0.1 * i,
-            "temperature": 0.07 - 0.001 * i,
-            "grad_norm": 1.0,
-            "lr": 1e-4,
-        }
-        for i in range(n)
-    ]
 
 
 def _assert_png(path):
@@ -68,19 +54,19 @@ def _assert_png(path):
 
 def test_write_results_files(tmp_path):
     res = _results()
-    write_results(tmp_path, res, history=_history())
+    write_results(tmp_path, res, history=history())
 
     with open(tmp_path / "results.json") as f:
         assert json.load(f) == res
 
     md = (tmp_path / "results.md").read_text()
     for d in ("he_to_st", "st_to_he"):
-        for model, scale in (("trained", "combined"), ("untrained", "micro")):
+        for model, scale in (("trained", "combined"), ("initial", "micro")):
             for v in res[model]["retrieval"][d][scale].values():
                 assert f"{v:.4f}" in md
     for key in ("pcc_tile_mean", "pcc_tile_sd", "mse_tile_mean", "pcc_gene_mean"):
         assert f"{res['trained']['probe'][key]:.4f}" in md
-        assert f"{res['untrained']['probe'][key]:.4f}" in md
+        assert f"{res['initial']['probe'][key]:.4f}" in md
     assert "412" in md and "1650" in md and "spatial_blocks" in md
     assert "R@5% trained" in md and "| HE→ST | combined |" in md and "| ST→HE | micro |" in md
 
@@ -122,11 +108,11 @@ def test_failed_write_leaves_no_results_json(tmp_path, monkeypatch, target):
         raise RuntimeError("disk full")
 
     if target == "dump":
-        monkeypatch.setattr(report.json, "dump", boom)
+        monkeypatch.setattr(atomic.json, "dumps", boom)
     else:
-        monkeypatch.setattr(report.os, "replace", boom)
+        monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(RuntimeError):
-        write_results(tmp_path, _results(), history=_history())
+        write_results(tmp_path, _results(), history=history())
     assert not (tmp_path / "results.json").exists()
     assert [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
 
@@ -134,29 +120,10 @@ def test_failed_write_leaves_no_results_json(tmp_path, monkeypatch, target):
 def test_failed_rewrite_keeps_previous_results(tmp_path, monkeypatch):
     write_results(tmp_path, _results())
     before = (tmp_path / "results.json").read_text()
-    monkeypatch.setattr(report.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(atomic.json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError()))
     with pytest.raises(OSError):
         write_results(tmp_path, {"trained": _results()["trained"], "n_test_tiles": 1})
     assert (tmp_path / "results.json").read_text() == before
-
-
-def test_read_history_skips_truncated_last_line(tmp_path):
-    hist = _history(5)
-    path = tmp_path / "metrics.jsonl"
-    text = "".join(json.dumps(h) + "\n" for h in hist)
-    path.write_text(text + '{"step": 50, "loss": 1.2')  # killed mid-write
-    assert read_history(path) == hist
-    path.write_text(text + "\n")  # blank trailing line
-    assert read_history(path) == hist
-
-
-def test_read_history_warns_on_corrupt_middle_line(tmp_path):
-    hist = _history(3)
-    path = tmp_path / "metrics.jsonl"
-    lines = [json.dumps(hist[0]), '{"step": 1', json.dumps(hist[1]), json.dumps(hist[2])]
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.warns(UserWarning):
-        assert read_history(path) == hist
 
 
 def test_chance_level_uses_exact_top_k():

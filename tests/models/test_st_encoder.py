@@ -2,10 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_input_pipeline import _tile
+from support.tiles import tile
 
-from sigmma_jax import input_pipeline
-from sigmma_jax.models import he_encoder, st_encoder
+from sigmma_jax.data import input_pipeline
+from sigmma_jax.models import st_encoder
 
 
 def _encoder(**kw):
@@ -29,7 +29,7 @@ def _batch(tiles, nodes, edges, junk=False):
 
 @pytest.mark.parametrize("sampling", ["gumbel", "full"])
 def test_padding_changes_no_output(sampling):
-    tiles = [_tile(n=n, seed=n) for n in (30, 50)]
+    tiles = [tile(n=n, seed=n) for n in (30, 50)]
     model = _encoder(edge_sampling=sampling)
     small = _batch(tiles, 50, 400)
     params = model.init(jax.random.PRNGKey(0), small)
@@ -42,7 +42,7 @@ def test_padding_changes_no_output(sampling):
 
 
 def test_training_mode_samples_symmetric_edges_inside_blocks():
-    t = _tile(n=40)
+    t = tile(n=40)
     g = _batch([t], 48, 400)
     sampler = st_encoder.EdgeSampler(8, 0.5, True, "gumbel", "expectation")
     counts, mask, blocks, adj = st_encoder.dense_tiles(g)
@@ -73,25 +73,10 @@ def test_training_mode_samples_symmetric_edges_inside_blocks():
 
 
 def test_dense_adjacency_matches_edges():
-    t = _tile(n=25)
-    g = _batch([t, _tile(n=10, seed=5)], 32, 300)
+    t = tile(n=25)
+    g = _batch([t, tile(n=10, seed=5)], 32, 300)
     _, mask, _, adj = st_encoder.dense_tiles(g)
     a = np.asarray(adj[0])
     assert a.sum() == len(t["senders"])
     assert (a[t["receivers"], t["senders"]] == 1).all()
     assert np.asarray(mask).sum() == 35
-
-
-def test_multi_crop_geometry():
-    img = jnp.arange(2 * 256 * 256 * 3, dtype=jnp.float32).reshape(2, 256, 256, 3)
-    crops = he_encoder.multi_crop(img, 64)
-    assert crops.shape == (2, 21, 64, 64, 3)
-    # Micro crop 5 is grid row 1, column 1; at native size it is the image region itself.
-    np.testing.assert_allclose(crops[:, 5], img[:, 64:128, 64:128], rtol=1e-6)
-    np.testing.assert_allclose(
-        crops[:, 20], jax.image.resize(img, (2, 64, 64, 3), "linear"), rtol=1e-5
-    )
-    # Meso crop 3 (bottom right), downsampled 2x: on this linear ramp the anti-aliasing filter
-    # gives the 2x2 pixel means (away from the border, where the filter is truncated).
-    ref = img[:, 128:, 128:].reshape(2, 64, 2, 64, 2, 3).mean((2, 4))
-    np.testing.assert_allclose(crops[:, 19, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], rtol=1e-5)

@@ -9,6 +9,9 @@ import pyarrow.parquet as pq
 import shapely
 import tifffile
 
+from sigmma_jax.data import readers
+from support.slides import pink_slide
+
 
 def write_hest_sample(
     root,
@@ -101,3 +104,15 @@ def write_hest_sample(
         root / "xenium_seg" / f"{sample_id}_xenium_cell_seg.parquet",
     )
     return root
+
+
+def sample(tmp_path, sample_id="TENX999", seed=0, **kw):
+    (tmp_path / f"generic_{sample_id}").mkdir(parents=True)
+    wsi, cells, xy, counts, genes = pink_slide(tmp_path / f"generic_{sample_id}", seed=seed, **kw)
+    ids = [f"cell{i}" for i in range(len(xy))]
+    with readers.WSI(wsi) as w:
+        image = w.read(0, w.shape[0], 0, w.shape[1])
+    write_hest_sample(
+        tmp_path / "hest", sample_id, image, 0.2737, xy, counts, genes, ids, seed=seed
+    )
+    return wsi, cells, xy, counts, genes

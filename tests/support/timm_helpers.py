@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigmma_jax import bench
 from sigmma_jax.models import backbones
+from sigmma_jax.tools.bench import parity
 
 _TORCHVISION_OPS = ("nms", "qnms")
 
@@ -35,7 +35,7 @@ def import_timm():
 def timm_model(arch: str, seed: int = 0, randomize: bool = True, **overrides):
     """A timm model of preset `arch` in eval mode; `overrides` go to timm (depth=2, layers=...).
 
-    randomize: redraw every parameter and buffer with O(1)-scale values (`bench.randomize_`), so every
+    randomize: redraw every parameter and buffer with O(1)-scale values (`parity.randomize_`), so every
     weight shapes the output; timm's own init (LayerScale 1e-5) would hide the blocks from a parity check.
     """
     timm, torch = import_timm()
@@ -43,7 +43,7 @@ def timm_model(arch: str, seed: int = 0, randomize: bool = True, **overrides):
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, **kw).eval()
     if randomize:
-        bench.randomize_(model, seed + 1)
+        parity.randomize_(model, seed + 1)
     return model
 
 
@@ -70,5 +70,5 @@ def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 if (
     __name__ == "__main__"
-):  # `python -m sigmma_jax.bench encoder --timm_setup=tests/timm_helpers.py`
+):  # `python -m sigmma_jax.bench encoder --timm_setup=tests/support/timm_helpers.py`
     import_timm()

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-from slides import write_tiff
+
+from support.slides import write_tiff
 
 # Real Xenium panels carry these non-gene features; the reader must drop them by feature_type.
 EXTRA_CONTROLS = [

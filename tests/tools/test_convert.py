@@ -6,10 +6,12 @@ import pickle
 import jax
 import numpy as np
 import pytest
-import timm_helpers as th
+from support import cli
+from support import timm_helpers as th
 
-from sigmma_jax import convert
+from sigmma_jax import convert as convert_command
 from sigmma_jax.models import backbones
+from sigmma_jax.tools import convert
 
 ARCH, SHALLOW = "uni", dict(depth=2)
 
@@ -77,7 +79,7 @@ def test_pos_embed_resampled_for_another_input_size(tmp_path, timm_uni, sd):
     torch.save(th.state_dict(timm_uni), tmp_path / "uni.pth")
     meta = convert.convert(ARCH, tmp_path / "uni.pth", tmp_path / "out", img_size=288, **SHALLOW)
     assert meta["pos_embed_resampled"] == [[1, 197, 1024], [1, 325, 1024]]
-    model, params = backbones.load(ARCH, tmp_path / "out")
+    model, params = backbones.load(tmp_path / "out", arch=ARCH)
     assert model.img_size == 288 and params["pos_embed"].shape == (1, 325, 1024)
     x = np.random.default_rng(0).random((1, 288, 288, 3), np.float32)
     cfg = backbones.config(ARCH)
@@ -97,8 +99,9 @@ def test_cli_writes_params_and_checksum(tmp_path, timm_uni, capsys):
 
     src = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in th.state_dict(timm_uni).items()}, str(src))
-    rc = convert.main(
-        [f"--arch={ARCH}", f"--src={src}", f"--dst={tmp_path / 'flax'}", "--set", "depth=2"]
+    rc = cli.run(
+        convert_command,
+        [f"--arch={ARCH}", f"--src={src}", f"--dst={tmp_path / 'flax'}", "--override=depth=2"],
     )
     assert rc == 0 and "converted" in capsys.readouterr().out
     meta = json.loads((tmp_path / "flax" / "backbone.json").read_text())
@@ -106,7 +109,7 @@ def test_cli_writes_params_and_checksum(tmp_path, timm_uni, capsys):
     assert meta["arch"] == ARCH and meta["config"]["depth"] == 2
     assert meta["timm"]["model"] == "vit_large_patch16_224"
     # A refused conversion exits non-zero with the reason.
-    rc = convert.main([f"--arch={ARCH}", f"--src={src}", f"--dst={tmp_path / 'x'}"])
+    rc = cli.run(convert_command, [f"--arch={ARCH}", f"--src={src}", f"--dst={tmp_path / 'x'}"])
     assert rc == 1 and "missing key blocks.2." in capsys.readouterr().err
 
 

@@ -3,7 +3,12 @@ import json
 import jax
 import numpy as np
 
-from sigmma_jax import input_pipeline, train
+from sigmma_jax import sharding
+from sigmma_jax.data import input_pipeline
+from sigmma_jax.models import backbones
+from sigmma_jax.train import loop, optimizer
+from sigmma_jax.train import state as state_lib
+from sigmma_jax.train import step as step_lib
 
 
 def _first_batch(config, manifest):
@@ -13,19 +18,28 @@ def _first_batch(config, manifest):
     return next(it)
 
 
-def test_step_on_8_devices_equals_1_device(shards):
-    config, manifest = shards
+def _state(config, manifest, mesh):
+    model, _ = loop.build_model(config)
+    tx = optimizer.make_optimizer(config)
+    _, shardings = state_lib.abstract_state(model, tx, config, manifest, mesh)
+    return model, tx, shardings, state_lib.initialise(model, tx, config, manifest, mesh, shardings)
+
+
+def test_step_on_8_devices_equals_1_device(tiny_shards):
+    config, manifest = tiny_shards
     assert jax.device_count() == 8
     host_batch = _first_batch(config, manifest)
-    model, tx = train.SIGMMA(config.model), train.make_optimizer(config)
+    weights = step_lib.scale_weights(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train.make_mesh(config, devices)
-        state, _ = train.init_state(model, tx, config, manifest, mesh)
+        mesh = sharding.make_mesh(config, devices)
+        model, _, _, state = _state(config, manifest, mesh)
         batch = input_pipeline.to_device(host_batch, mesh)
         assert len(batch["image"].sharding.device_set) == len(devices)
         grad_fn = jax.jit(
-            jax.value_and_grad(lambda p, b, r: train.loss_fn(p, model, b, r), has_aux=True)
+            jax.value_and_grad(
+                lambda p, b, r: step_lib.loss_fn(p, model, b, r, weights), has_aux=True
+            )
         )
         (loss, (per, _)), grads = grad_fn(state.params, batch, jax.random.PRNGKey(7))
         results.append((float(loss), {k: float(v) for k, v in per.items()}, jax.device_get(grads)))
@@ -39,44 +53,64 @@ def test_step_on_8_devices_equals_1_device(shards):
         np.testing.assert_allclose(b, a, rtol=2e-4, atol=1e-6)
 
 
-def test_a_few_steps_lower_the_loss(shards, tmp_path):
-    config, manifest = shards
+def test_a_few_steps_lower_the_loss(tiny_shards, tmp_path):
+    config, manifest = tiny_shards
     config = config.copy_and_resolve_references()
     config.train.update(steps=40, warmup_steps=4, lr=3e-3, checkpoint_every=1000, log_every=1)
     config.data.augment = False
-    mesh = train.make_mesh(config)
-    train.train(config, tmp_path, manifest, mesh)
+    config.evals = ()
+    mesh = sharding.make_mesh(config)
+    loop.train(config, tmp_path, manifest, mesh)
     losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 40
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
 
 
-def test_save_kill_resume_gives_the_same_next_steps(shards, tmp_path):
-    config, manifest = shards
-    mesh = train.make_mesh(config)
-    _, straight = train.train(config, tmp_path / "straight", manifest, mesh)
-    # "Killed" after 3 steps (the checkpoint of step 3 is the last thing it wrote), then restarted.
-    train.train(config, tmp_path / "resumed", manifest, mesh, stop_after=3)
-    _, resumed = train.train(config, tmp_path / "resumed", manifest, mesh)
-    assert int(resumed.step) == int(straight.step) == config.train.steps
-    read = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-    a, b = read(tmp_path / "straight"), read(tmp_path / "resumed")
-    assert [r["step"] for r in b] == list(range(1, 7))
+def _read(d):
+    return [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_resume_continues_exactly_and_reads_no_weights(tiny_shards, tmp_path, monkeypatch):
+    """Killed after the checkpoint of step 3 and restarted, a run with converted weights continues
+    exactly as the uninterrupted run. It restores the checkpoint (big_vision's order) and never
+    touches the converted backbone, whose directory may be gone."""
+    config, manifest = tiny_shards
+    config = config.copy_and_resolve_references()
+    weights = tmp_path / "weights"
+    cfg = dict(kind="vit", **config.model.vit.to_dict())
+    backbones.save(weights, "uni", cfg, backbones.init_params(backbones.build(cfg), seed=5), {})
+    config.model.backbone_weights = str(weights)
+    mesh = sharding.make_mesh(config)
+    start = _state(config, manifest, mesh)[3]  # initialised, then the converted weights loaded
+    np.testing.assert_array_equal(
+        start.params["backbone"]["pos_embed"], backbones.load(weights)[1]["pos_embed"]
+    )
+    straight = loop.train(config, tmp_path / "straight", manifest, mesh)
+    first = loop.train(config, tmp_path / "resumed", manifest, mesh, stop_after=3)
+    for p in sorted(weights.rglob("*"), reverse=True):  # the weights are gone...
+        p.unlink() if p.is_file() else p.rmdir()
+    calls = []
+    monkeypatch.setattr(backbones, "load", lambda *a, **k: calls.append(a))
+    resumed = loop.train(config, tmp_path / "resumed", manifest, mesh)  # ...and not needed
+    assert calls == []
+    assert first.initial == straight.initial and resumed.initial is None
+    assert int(resumed.state.step) == int(straight.state.step) == config.train.steps
+    a, b = _read(tmp_path / "straight"), _read(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(1, config.train.steps + 1))
     for ra, rb in zip(a, b):
         np.testing.assert_allclose(rb["loss"], ra["loss"], rtol=1e-5)
-    for x, y in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    for x, y in zip(jax.tree.leaves(straight.state.params), jax.tree.leaves(resumed.state.params)):
         np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-7)
 
 
-def test_frozen_backbone_gets_no_updates_and_no_optimizer_state(shards):
-    config, manifest = shards
+def test_frozen_backbone_gets_no_updates_and_no_optimizer_state(tiny_shards):
+    config, manifest = tiny_shards
     config = config.copy_and_resolve_references()
     config.model.backbone_mode = "frozen"
-    mesh = train.make_mesh(config)
-    model, tx = train.SIGMMA(config.model), train.make_optimizer(config)
-    state, shardings = train.init_state(model, tx, config, manifest, mesh)
+    mesh = sharding.make_mesh(config)
+    model, tx, shardings, state = _state(config, manifest, mesh)
     before = jax.device_get(state.params)
-    step = train.make_train_step(model, tx, config, mesh, shardings)
+    step = step_lib.make_train_step(model, tx, config, mesh, shardings)
     batch = input_pipeline.to_device(_first_batch(config, manifest), mesh)
     for _ in range(2):  # the warmup's first learning rate is 0
         state, _ = step(state, batch)

@@ -1,7 +1,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from sigmma_jax import losses
+from sigmma_jax.scales import SCALES
+from sigmma_jax.train import losses
 
 
 def _numpy_info_nce(a, b, t):
@@ -38,16 +39,21 @@ def test_info_nce_is_low_for_aligned_pairs_and_symmetric():
     )
 
 
-def test_sigmma_loss_sums_weighted_scales():
+def test_multiscale_loss_sums_weighted_scales():
     rng = np.random.default_rng(2)
-    z = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
-    w = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in losses.SCALES}
+    z = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in SCALES}
+    w = {s: jnp.asarray(_unit(rng.normal(size=(6, 4)))) for s in SCALES}
     out = dict(he=z, st=w, temperature=jnp.float32(0.1))
-    total, per = losses.sigmma_loss(out, (1.0, 0.5, 2.0))
-    for s in losses.SCALES:
+    total, per = losses.LOSSES["info_nce"](out, dict(micro=1.0, meso=0.5, macro=2.0))
+    for s in SCALES:
         np.testing.assert_allclose(
             float(per[s]), _numpy_info_nce(np.asarray(z[s]), np.asarray(w[s]), 0.1), rtol=1e-5
         )
     np.testing.assert_allclose(
         float(total), float(per["micro"] + 0.5 * per["meso"] + 2.0 * per["macro"]), rtol=1e-6
     )
+    # A single-scale model's output has one scale, and the loss is that scale's term.
+    one = dict(he={"macro": z["macro"]}, st={"macro": w["macro"]}, temperature=jnp.float32(0.1))
+    total, per = losses.LOSSES["info_nce"](one, dict(micro=1.0, meso=1.0, macro=1.0))
+    assert set(per) == {"macro"}
+    np.testing.assert_allclose(float(total), float(per["macro"]), rtol=1e-6)

@@ -9,7 +9,6 @@ peak is the sum over the tree, i.e. what the machine must hold.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import subprocess
@@ -19,6 +18,10 @@ import threading
 import time
 
 import anndata
+from absl import flags
+
+flags.DEFINE_float("size_um", 10000.0, "Side of the square synthetic slide in µm.")
+flags.DEFINE_integer("workers", 2, "Preprocessing processes.")
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -44,7 +47,7 @@ def _tree_rss_mb(pid: int) -> float:
 
 
 def run(size_um: float, workers: int, workdir: pathlib.Path, seed: int = 0) -> dict:
-    from sigmma_jax import synthetic
+    from sigmma_jax.data import synthetic
 
     t0 = time.time()
     slide = synthetic.write_synthetic_slide(workdir / "slide", seed=seed, size_um=size_um)
@@ -63,7 +66,9 @@ def run(size_um: float, workers: int, workdir: pathlib.Path, seed: int = 0) -> d
     ]
     peak = [0.0]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=pathlib.Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        cmd, cwd=pathlib.Path(__file__).resolve().parents[3]
+    )  # the repository: configs/
 
     def sample():
         while proc.poll() is None:
@@ -94,13 +99,7 @@ def run(size_um: float, workers: int, workdir: pathlib.Path, seed: int = 0) -> d
     )
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size_um", type=float, default=10000.0, help="side of the square slide")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--workdir", default="", help="kept if given, else a temporary directory")
-
-
-def run_cli(a: argparse.Namespace) -> int:
+def run_cli(a) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         r = run(a.size_um, a.workers, pathlib.Path(a.workdir or tmp))
     print(json.dumps(r))

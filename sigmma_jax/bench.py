@@ -1,0 +1,24 @@
+"""Benchmarks: `python -m sigmma_jax.bench NAME [--flags]` (`--helpfull` lists every flag).
+
+    python -m sigmma_jax.bench encoder      # HE backbone speed and memory vs timm
+    python -m sigmma_jax.bench parity       # full-size weight port vs timm
+    python -m sigmma_jax.bench preprocess   # full-slide preprocessing: tiles/s, cells/s, peak RSS
+
+Figures and the commands that made them: docs/benchmarks.md. How: `sigmma_jax.tools.bench`.
+"""
+
+from absl import app, flags
+
+from sigmma_jax import cli
+from sigmma_jax.tools.bench import BENCHMARKS
+
+
+def main(argv) -> int:
+    if len(argv) != 2 or argv[1] not in BENCHMARKS:
+        names = "\n".join(f"  {k:12s} {help_}" for k, (_, help_) in BENCHMARKS.items())
+        raise app.UsageError(f"name one benchmark:\n{names}")
+    return BENCHMARKS[argv[1]][0](flags.FLAGS)
+
+
+if __name__ == "__main__":
+    cli.run(main)

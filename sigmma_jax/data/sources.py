@@ -1,0 +1,76 @@
+"""Slides named by a run config: `config.data.source` picks the reader, the other fields feed it.
+
+Every reader returns `readers.Slide`s; nothing downstream knows the format. A new platform is one
+reader module and one entry in `SOURCES`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable
+
+import ml_collections
+
+from sigmma_jax.data import readers
+
+
+def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    from sigmma_jax.data import synthetic  # only the demo needs the generator
+
+    s = d.synthetic
+    out = synthetic.write_synthetic_slide(
+        workdir / "slide",
+        seed=s.seed,
+        size_um=s.size_um,
+        pixel_size_um=s.pixel_size_um,
+        n_genes=s.n_genes,
+        cell_density=s.cell_density,
+    )
+    return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
+
+
+def _generic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    if not d.cells or not d.wsi:
+        raise readers.InputError(
+            "configs/generic.py needs --config.data.cells=FILE.h5ad and --config.data.wsi=FILE.tif"
+        )
+    return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
+
+
+def _hest(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    from sigmma_jax.data import hest
+
+    if not d.hest_dir or not d.sample_ids:
+        raise readers.InputError("HEST configs need --config.data.hest_dir=DIR (and sample_ids)")
+    return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
+
+
+def _xenium(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    from sigmma_jax.data import xenium
+
+    if not d.xenium_dir or not d.wsi or not d.alignment:
+        raise readers.InputError(
+            "configs/xenium.py needs --config.data.xenium_dir=BUNDLE "
+            "--config.data.wsi=HE.ome.tif --config.data.alignment=ALIGN.csv"
+        )
+    return [xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment, he_pixel_size_um=d.pixel_size_um)]
+
+
+SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list[readers.Slide]]] = {
+    "synthetic": _synthetic,
+    "generic": _generic,
+    "hest": _hest,
+    "xenium": _xenium,
+}
+
+
+def load_slides(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path
+) -> list[readers.Slide]:
+    """The slides of `config.data` (the synthetic one is generated into `workdir/slide` first)."""
+    source = config.data.source
+    if source not in SOURCES:
+        raise readers.InputError(
+            f"unknown data.source {source!r}; expected one of {sorted(SOURCES)}"
+        )
+    return SOURCES[source](config.data, pathlib.Path(workdir))

@@ -1,0 +1,56 @@
+"""Train / val / test splits of a shard set's tiles; never random tiles (docs/method.md, "Splits").
+
+Neighbouring tiles share cells' context, so a random split leaks: one slide is split by spatial
+blocks of tiles, several slides leave one sample out (HEST-Benchmark). Splits are a function of the
+tiles and the split config only, so changing them rewrites the manifest, never the shards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sigmma_jax.data import readers
+
+
+def spatial_splits(
+    tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float, seed: int
+) -> list[str]:
+    """Whole spatial blocks of block_tiles x block_tiles tiles go to one split, so that neighbouring
+    tiles (which share cells' context) rarely straddle train and test."""
+    keys = [(t["slide"], t["row"] // block_tiles, t["col"] // block_tiles) for t in tiles]
+    blocks = sorted(set(keys))
+    perm = np.random.default_rng(seed).permutation(len(blocks))
+    size = {b: 0 for b in blocks}
+    for k in keys:
+        size[k] += 1
+    total = len(tiles)
+    assign, filled = {}, {"test": 0, "val": 0}
+    for i in perm:
+        b = blocks[i]
+        if filled["test"] < test_fraction * total:
+            assign[b] = "test"
+        elif filled["val"] < val_fraction * total:
+            assign[b] = "val"
+        else:
+            assign[b] = "train"
+        if assign[b] in filled:
+            filled[assign[b]] += size[b]
+    return [assign[k] for k in keys]
+
+
+def sample_splits(tiles: list[dict], slides: list[str], fold: int) -> list[str]:
+    """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
+    if not 0 <= fold < len(slides):
+        raise readers.InputError(
+            f"split fold {fold} does not exist: {len(slides)} samples {slides}"
+        )
+    return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
+
+
+def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
+    by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
+    if by == "sample":
+        return sample_splits(tiles, slides, split.fold)
+    return spatial_splits(
+        tiles, split.block_tiles, split.test_fraction, split.val_fraction, split.seed
+    )

@@ -1,0 +1,60 @@
+"""Evaluators by name: `config.evals` lists what runs at the end of training (and every
+`config.eval_every` steps when set); results are keyed by evaluator.
+
+A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs) and
+`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`. The model runs once per split
+(`inference.embed_split`), whatever the number of evaluators.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+
+import ml_collections
+
+from sigmma_jax.evaluation import knn_expression, probe, retrieval
+
+EVALUATORS = {
+    "retrieval": retrieval,
+    "probe": probe,
+    "knn_expression": knn_expression,
+}
+
+
+def check(names) -> None:
+    unknown = [n for n in names if n not in EVALUATORS]
+    if unknown:
+        raise ValueError(
+            f"unknown evaluator(s) {unknown} in config.evals; known: {sorted(EVALUATORS)}"
+        )
+
+
+def evaluate(
+    apply,
+    params,
+    shard_dir: str | pathlib.Path,
+    manifest: dict,
+    config: ml_collections.ConfigDict,
+    mesh,
+) -> dict:
+    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`."""
+    # Imported here: the evaluators are numpy only, and importing one should not pull in JAX.
+    from sigmma_jax.evaluation import inference
+
+    check(config.evals)
+    t0 = time.time()
+    splits = [
+        s for s in ("test", "train", "val") if any(s in EVALUATORS[n].SPLITS for n in config.evals)
+    ]
+    embeddings = {
+        s: inference.embed_split(apply, params, shard_dir, manifest, s, config, mesh)
+        for s in splits
+    }
+    results = {n: EVALUATORS[n].evaluate(embeddings, config) for n in config.evals}
+    sizes = ", ".join(f"{len(e['targets'])} {s}" for s, e in embeddings.items())
+    logging.info(
+        "evaluated %s on %s tiles in %.1fs", "/".join(config.evals), sizes, time.time() - t0
+    )
+    return results

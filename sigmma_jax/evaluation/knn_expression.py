@@ -1,0 +1,54 @@
+"""Task 1 by BLEEP's predictor (docs/method.md, "Gene expression prediction"): a test tile's
+expression is the mean expression of the k training tiles whose ST embeddings are nearest to its HE
+embedding in the joint space. Scored on the probe's genes (the training tiles' top HVGs)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sigmma_jax.evaluation import expression
+from sigmma_jax.evaluation.retrieval import l2_normalize
+from sigmma_jax.scales import SCALES
+
+SPLITS = ("train", "test")
+
+
+def knn_expression(
+    train_emb: np.ndarray,
+    train_y: np.ndarray,
+    query_emb: np.ndarray,
+    k: int = 50,
+    *,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """BLEEP-style prediction: mean target of the k training items nearest by cosine similarity.
+
+    Queries are processed in chunks so memory stays O(chunk * n_train). `k` is capped at n_train.
+    """
+    train_y = np.asarray(train_y, dtype=np.float64)
+    train_n = l2_normalize(train_emb)
+    query_n = l2_normalize(query_emb)
+    if train_n.shape[0] != train_y.shape[0]:
+        raise ValueError("train_emb and train_y must have the same number of rows")
+    k = min(k, train_n.shape[0])
+    out = np.empty((query_n.shape[0], train_y.shape[1]))
+    for start in range(0, query_n.shape[0], chunk):
+        sim = query_n[start : start + chunk] @ train_n.T
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        out[start : start + chunk] = train_y[nearest].mean(axis=1)
+    return out
+
+
+def evaluate(embeddings: dict, config) -> dict:
+    """HE embeddings of test tiles against ST embeddings of training tiles; the scales are joined as
+    the concatenation of their unit vectors (cosine = the mean of the scales' cosines)."""
+    train, test = embeddings["train"], embeddings["test"]
+    unit = lambda split, key: np.concatenate(
+        [l2_normalize(split[key][s]) for s in SCALES if s in split[key]], 1
+    )
+    genes = expression.select_hvgs(train["targets"], config.eval.n_genes)
+    pred = knn_expression(
+        unit(train, "st"), train["targets"][:, genes], unit(test, "he"), config.eval.knn_k
+    )
+    true = np.asarray(test["targets"], np.float64)[:, genes]
+    return {**expression.scores(pred, true), "k": min(config.eval.knn_k, len(train["targets"]))}

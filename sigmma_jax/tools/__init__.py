@@ -1,0 +1,1 @@
+"""Tools around the model: weight conversion, attention maps, benchmarks."""

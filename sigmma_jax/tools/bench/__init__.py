@@ -1,0 +1,12 @@
+"""Benchmarks by name: `python -m sigmma_jax.bench NAME [--flags]`; figures in docs/benchmarks.md.
+
+A new benchmark is a module with its flags and `run(flags) -> int`, plus its line in `BENCHMARKS`.
+"""
+
+from sigmma_jax.tools.bench import encoder, parity, preprocess
+
+BENCHMARKS = {
+    "encoder": (encoder.run, "HE backbone speed and memory vs timm"),
+    "parity": (parity.run, "full-size weight port vs timm"),
+    "preprocess": (preprocess.run_cli, "full-slide preprocessing: tiles/s, cells/s, peak RSS"),
+}

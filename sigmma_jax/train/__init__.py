@@ -1,0 +1,1 @@
+"""Training: losses, optimizer, state, the sharded step, checkpoints, metrics and the loop."""

@@ -1,0 +1,66 @@
+"""The train state and how a run gets its first one (docs/method.md, "Optimisation").
+
+The order is big_vision's: a run that has a checkpoint restores it onto the abstract state's
+shardings (`train.checkpoints.restore`) and never builds the initial state or reads converted
+weights; otherwise the state is initialised from `config.seed` and the converted backbone weights
+(if any) replace the backbone's random parameters (`initialise`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from sigmma_jax import sharding
+from sigmma_jax.data import input_pipeline
+from sigmma_jax.models import backbones
+from sigmma_jax.models.sigmma import SIGMMA
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key: step keys are fold_in(rng, step), so resuming repeats them
+
+
+def _init_fn(model: SIGMMA, tx: optax.GradientTransformation, manifest: dict, mesh: Mesh):
+    dummy = input_pipeline.zeros_batch(manifest, len(mesh.devices.flat))
+
+    def init(rng):
+        params = model.init({"params": rng}, dummy, train=False)["params"]
+        return TrainState(
+            jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.fold_in(rng, 1)
+        )
+
+    return init
+
+
+def abstract_state(model, tx, config, manifest, mesh) -> tuple[TrainState, Any]:
+    """(ShapeDtypeStructs carrying their shardings, the shardings): the state's shape, no compute."""
+    init = _init_fn(model, tx, manifest, mesh)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+    return abstract, shardings
+
+
+def initialise(
+    model, tx, config: ml_collections.ConfigDict, manifest: dict, mesh: Mesh, shardings
+) -> TrainState:
+    """The initial state (a pure function of config.seed and the converted weights), replicated."""
+    init = _init_fn(model, tx, manifest, mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
+    if config.model.backbone_weights:  # converted pretrained weights (the optimizer state is zeros)
+        _, weights = backbones.load(config.model.backbone_weights, like=state.params["backbone"])
+        state = state.replace(params={**state.params, "backbone": weights})
+    return state

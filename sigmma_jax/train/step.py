@@ -1,0 +1,62 @@
+"""The train step: one jitted function with explicit shardings (pjit-style), compiled once per run."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from sigmma_jax import sharding
+from sigmma_jax.models.sigmma import SIGMMA
+from sigmma_jax.scales import SCALES
+from sigmma_jax.train import losses
+from sigmma_jax.train.state import TrainState
+
+
+def loss_fn(
+    params, model: SIGMMA, batch: dict, rng: jax.Array, weights: dict, loss: str = "info_nce"
+):
+    """Total loss and (per-scale losses, temperature) of one training batch."""
+    k_gumbel, k_drop = jax.random.split(rng)
+    out = model.apply(
+        {"params": params}, batch, train=True, rngs={"gumbel": k_gumbel, "dropout": k_drop}
+    )
+    total, per = losses.LOSSES[loss](out, weights)
+    return total, (per, out["temperature"])
+
+
+def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+    return dict(zip(SCALES, config.train.scale_weights))
+
+
+def make_train_step(
+    model: SIGMMA, tx, config: ml_collections.ConfigDict, mesh: Mesh, state_shardings
+):
+    weights = scale_weights(config)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, (per, temp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, model, batch, rng, weights, config.train.loss
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+        )
+        metrics = dict(
+            loss=loss,
+            temperature=temp,
+            grad_norm=optax.global_norm(grads),
+            **{f"loss_{s}": v for s, v in per.items()},
+        )
+        return new, metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, sharding.data_parallel(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
