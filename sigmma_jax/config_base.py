@@ -82,9 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
             edge_sampling="gumbel",  # "gumbel" | "full" (ablation: fully connect each block) | "none"
             gumbel_tau=0.5,
             straight_through=True,
+            # "expectation": edge weights are probabilities | "threshold": p > 0.5 (docs/method.md)
             eval_edges="expectation",
+            edge_prior=0.5,  # fraction of candidate pairs sampled at initialisation
         )
-    )  # or "threshold"
+    )
     m.mlp = ml_collections.ConfigDict(dict(hidden=256, layers=2))
     m.temperature_init = 0.07
     m.learn_temperature = True

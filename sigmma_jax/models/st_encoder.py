@@ -26,7 +26,14 @@ def gelu(x):
 
 
 class SAGE(nn.Module):
-    """h' = LN(h + gelu(W [h_v ; Σ_u w_uv h_u / Σ_u w_uv])): SIGMMA eq. 1 with a weighted mean.
+    """h' = LN(h + gelu(W [h_v ; Σ_u w_uv h_u / max(Σ_u w_uv, 1)])): SIGMMA eq. 1, weighted mean.
+
+    The denominator is the node's total edge weight, but never below one edge (docs/method.md,
+    "Nodes with no neighbours"). With hard 0/1 weights (micro edges, straight-through samples) this
+    is the mean over neighbours, and a node without any aggregates zero. Its gradient stays bounded:
+    a node whose candidates were all rejected in the forward pass still receives the relaxed
+    samples' gradients, and dividing those by a vanishing degree (as max(deg, 1e-6) did) multiplied
+    them by up to 10^6.
 
     The residual and LayerNorm are our addition: they keep node states on one scale as layers stack
     across the three graph scales.
@@ -37,7 +44,7 @@ class SAGE(nn.Module):
     @nn.compact
     def __call__(self, h, adj):
         deg = adj.sum(-1, keepdims=True)
-        agg = jnp.einsum("bvu,bud->bvd", adj, h) / jnp.maximum(deg, 1e-6)  # isolated cell -> 0
+        agg = jnp.einsum("bvu,bud->bvd", adj, h) / jnp.maximum(deg, 1.0)
         out = gelu(nn.Dense(self.dim)(jnp.concatenate([h, agg], -1)))
         return nn.LayerNorm()(h + out)
 
@@ -66,6 +73,7 @@ class EdgeSampler(nn.Module):
     straight_through: bool
     mode: str  # "gumbel" | "full" | "none"
     eval_edges: str  # "expectation" | "threshold"
+    prior: float = 0.5  # every candidate's probability at initialisation
 
     @nn.compact
     def __call__(self, h, candidates, train: bool):
@@ -78,7 +86,10 @@ class EdgeSampler(nn.Module):
             nn.Dense(self.hidden, name="u")(h)[:, :, None]
             + nn.Dense(self.hidden, use_bias=False, name="v")(h)[:, None, :]
         )
-        logit = nn.Dense(1, name="out")(z)[..., 0]
+        # The last layer starts at zero, so every candidate starts at probability `prior`.
+        bias_init = nn.initializers.constant(jnp.log(self.prior) - jnp.log1p(-self.prior))
+        logit = nn.Dense(1, kernel_init=nn.initializers.zeros, bias_init=bias_init, name="out")(z)
+        logit = logit[..., 0]
         logit = 0.5 * (logit + logit.swapaxes(1, 2))
         if train:
             u = jax.random.uniform(
@@ -124,6 +135,7 @@ class STEncoder(nn.Module):
     gumbel_tau: float = 0.5
     straight_through: bool = True
     eval_edges: str = "expectation"
+    edge_prior: float = 0.5
     scales = SCALES
 
     @nn.compact
@@ -148,7 +160,11 @@ class STEncoder(nn.Module):
         out = {}
         h = layers(h, adj, "micro")
         out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
+        # Pairs that are edges for sure: not candidates again. With expectation weights at
+        # evaluation no added edge is sure, so a meso candidate is a candidate again at macro.
         existing = adj > 0
+        expectation = not train and self.eval_edges == "expectation"
+        real = mask.sum()
         for scale in SCALES[1:]:
             cand = jax.lax.stop_gradient(pair & same_block(scale) & ~existing)
             y = EdgeSampler(
@@ -157,10 +173,19 @@ class STEncoder(nn.Module):
                 self.straight_through,
                 self.edge_sampling,
                 self.eval_edges,
+                self.edge_prior,
                 name=f"edges_{scale}",
             )(h, cand, train)
-            adj = adj + y
-            existing = existing | (jax.lax.stop_gradient(y) > 0.5)
+            # The edge's weight is the probability that it is present after this stage: a pair
+            # considered at meso and again at macro gets 1 - (1 - p_meso)(1 - p_macro), never > 1.
+            # Hard samples give the same 0/1 weights as adding them.
+            adj = adj + (1.0 - adj) * y
+            if not expectation:
+                existing = existing | (jax.lax.stop_gradient(y) > 0.5)
+            self.sow("intermediates", f"weights_{scale}", y)
+            self.sow("stats", f"{scale}_sampled", (y * cand).sum() / jnp.maximum(cand.sum(), 1))
+            self.sow("stats", f"{scale}_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1))
             h = layers(h, adj, scale)
             out[scale] = AttentionPool(self.hidden, name=f"pool_{scale}")(h, mask)
+        self.sow("intermediates", "adjacency", adj)
         return out

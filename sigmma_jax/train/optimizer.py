@@ -28,13 +28,25 @@ def lr_schedule(config: ml_collections.ConfigDict, mult: float = 1.0) -> optax.S
     )
 
 
+# Matrices decay; biases, norms, LayerScale, the temperature and these do not (as in timm and
+# big_vision: the tokens and position embedding are not weights of a map).
+NO_DECAY = ("pos_embed", "cls_token", "reg_token")
+
+
+def decay_mask(params):
+    """True for the leaves that get weight decay."""
+
+    def decays(path, x) -> bool:
+        return x.ndim >= 2 and getattr(path[-1], "key", None) not in NO_DECAY
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """AdamW with `lr_schedule`; the backbone gets its own rate or, frozen, no state at all."""
     t = config.train
 
     def adamw(mult):
-        # No decay on biases, norms, LayerScale and the temperature.
-        decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
         return optax.adamw(lr_schedule(config, mult), weight_decay=t.weight_decay, mask=decay_mask)
 
     # Frozen backbone leaves (all in "frozen" mode, those below the last k blocks in "last_k") get

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh
 
 from sigmma_jax import sharding
@@ -19,11 +20,17 @@ def loss_fn(
 ):
     """Total loss and (per-scale losses, temperature) of one training batch."""
     k_gumbel, k_drop = jax.random.split(rng)
-    out = model.apply(
-        {"params": params}, batch, train=True, rngs={"gumbel": k_gumbel, "dropout": k_drop}
+    out, state = model.apply(
+        {"params": params},
+        batch,
+        train=True,
+        rngs={"gumbel": k_gumbel, "dropout": k_drop},
+        mutable=["stats"],
     )
     total, per = losses.LOSSES[loss](out, weights)
-    return total, (per, out["temperature"])
+    # What the towers report (sown into "stats"): e.g. the ST graph's sampled fraction and degree.
+    stats = {k[-1]: v[0] for k, v in traverse_util.flatten_dict(state.get("stats", {})).items()}
+    return total, (per, out["temperature"], stats)
 
 
 def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -37,7 +44,7 @@ def make_train_step(
 
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        (loss, (per, temp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (per, temp, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, model, batch, rng, weights, config.train.loss
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -51,6 +58,7 @@ def make_train_step(
             temperature=temp,
             grad_norm=optax.global_norm(grads),
             **{f"loss_{s}": v for s, v in per.items()},
+            **{f"graph_{k}": v for k, v in stats.items()},
         )
         return new, metrics
 

@@ -1,6 +1,8 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from support.tiles import tile
 
@@ -80,3 +82,80 @@ def test_dense_adjacency_matches_edges():
     assert a.sum() == len(t["senders"])
     assert (a[t["receivers"], t["senders"]] == 1).all()
     assert np.asarray(mask).sum() == 35
+
+
+class _OldSAGE(st_encoder.SAGE):
+    """The aggregation before the fix: divided by max(deg, 1e-6)."""
+
+    @nn.compact
+    def __call__(self, h, adj):
+        deg = adj.sum(-1, keepdims=True)
+        agg = jnp.einsum("bvu,bud->bvd", adj, h) / jnp.maximum(deg, 1e-6)
+        out = st_encoder.gelu(nn.Dense(self.dim)(jnp.concatenate([h, agg], -1)))
+        return nn.LayerNorm()(h + out)
+
+
+def _grad_norms(graph, keys, **kw):
+    model = _encoder(**kw)
+    params = model.init(jax.random.PRNGKey(0), graph)
+
+    def loss(p, key):
+        out = model.apply(p, graph, True, rngs={"gumbel": key})
+        return sum(jnp.sum(v) for v in out.values())
+
+    grad = jax.jit(jax.grad(loss))
+    return np.array([float(optax.global_norm(grad(params, k))) for k in keys])
+
+
+def test_isolated_nodes_and_rejected_candidates_get_bounded_gradients(monkeypatch):
+    """A cell with no micro edge, whose sampled candidates are all 0 in the forward pass, still gets
+    the relaxed samples' gradients; they must not be divided by a vanishing degree."""
+    isolated = dict(tile(n=40, seed=3), senders=np.zeros(0, np.int32))
+    isolated["receivers"] = isolated["senders"]
+    graph = _batch([isolated, tile(n=30, seed=4)], 48, 400)
+    normal = _batch([tile(n=40, seed=3), tile(n=30, seed=4)], 48, 400)
+    keys = jax.random.split(jax.random.PRNGKey(5), 6)
+    # prior 1e-3: nearly every candidate is rejected in the forward pass; 0.5: about half sampled.
+    # The bound: no larger than the gradient of the same tiles with their micro edges.
+    for prior in (1e-3, 0.5):
+        norms = _grad_norms(graph, keys, edge_prior=prior)
+        assert norms.max() < 1.5 * _grad_norms(normal, keys, edge_prior=prior).min(), norms
+    monkeypatch.setattr(st_encoder, "SAGE", _OldSAGE)
+    old = _grad_norms(graph, keys, edge_prior=1e-3)
+    assert old.min() > 100 * norms.max(), old  # what the bound catches: the bug before the fix
+
+
+def test_edge_prior_sets_the_sampled_fraction_at_initialisation():
+    graph = _batch([tile(n=n, seed=n) for n in (60, 70)], 80, 800)
+    for prior in (0.05, 0.5):
+        model = _encoder(edge_prior=prior)
+        params = {"params": model.init(jax.random.PRNGKey(0), graph)["params"]}
+        _, state = model.apply(
+            params, graph, True, rngs={"gumbel": jax.random.PRNGKey(1)}, mutable=["stats"]
+        )
+        for scale in ("meso", "macro"):
+            (frac,) = state["stats"][f"{scale}_sampled"]
+            assert abs(float(frac) - prior) < 0.1 * prior + 0.03, (scale, prior, float(frac))
+        (deg_meso,), (deg_macro,) = state["stats"]["meso_degree"], state["stats"]["macro_degree"]
+        assert 0 < float(deg_meso) < float(deg_macro)
+
+
+def test_expectation_weights_are_probabilities_across_scales():
+    """At evaluation a pair considered at meso and again at macro weighs 1-(1-p_meso)(1-p_macro)."""
+    t = tile(n=50, seed=2)
+    graph = _batch([t], 56, 600)
+    model = _encoder(edge_prior=0.7)
+    params = {"params": model.init(jax.random.PRNGKey(0), graph)["params"]}
+    _, state = model.apply(params, graph, False, mutable=["intermediates"])
+    inter = state["intermediates"]
+    (p_meso,), (p_macro,), (adj,) = (
+        inter["weights_meso"],
+        inter["weights_macro"],
+        inter["adjacency"],
+    )
+    micro = np.asarray(st_encoder.dense_tiles(graph)[3])
+    want = micro + (1 - micro) * (1 - (1 - np.asarray(p_meso)) * (1 - np.asarray(p_macro)))
+    np.testing.assert_allclose(adj, want, atol=1e-6)
+    assert float(adj.max()) <= 1.0 + 1e-6
+    both = (np.asarray(p_meso) > 0) & (np.asarray(p_macro) > 0)
+    assert both.sum() > 0 and (np.asarray(p_meso)[both] > 0.5).any()  # such pairs exist

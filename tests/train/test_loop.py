@@ -41,7 +41,7 @@ def test_step_on_8_devices_equals_1_device(tiny_shards):
                 lambda p, b, r: step_lib.loss_fn(p, model, b, r, weights), has_aux=True
             )
         )
-        (loss, (per, _)), grads = grad_fn(state.params, batch, jax.random.PRNGKey(7))
+        (loss, (per, _, _)), grads = grad_fn(state.params, batch, jax.random.PRNGKey(7))
         results.append((float(loss), {k: float(v) for k, v in per.items()}, jax.device_get(grads)))
     (l1, p1, g1), (l8, p8, g8) = results
     np.testing.assert_allclose(l8, l1, rtol=1e-5)

@@ -58,3 +58,14 @@ def test_layer_decay_inside_multi_transform():
         x.size for x, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if l != "frozen"
     )
     assert state_size == 2 * trainable
+
+
+def test_weight_decay_spares_tokens_position_embedding_norms_and_biases():
+    vit = backbones.build("uni2-h", depth=1, width=96, num_heads=4, img_size=28)
+    params = {"backbone": backbones.init_params(vit), "log_temperature": jnp.zeros(())}
+    mask = optimizer.decay_mask(params)["backbone"]
+    for name in ("pos_embed", "cls_token", "reg_token"):
+        assert params["backbone"][name].ndim == 3 and not mask[name]
+    assert mask["patch_embed"]["kernel"] and mask["blocks_0"]["fc1"]["kernel"]
+    assert not mask["blocks_0"]["fc1"]["bias"] and not mask["norm"]["scale"]
+    assert not optimizer.decay_mask(params)["log_temperature"]
