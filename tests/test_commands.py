@@ -39,3 +39,44 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path):
         "error: weights/uni is not a converted backbone directory (no backbone.json); make one "
         "with `python -m sigmma_jax.convert --arch=... --src=... --dst=...`"
     )
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (
+            ["--config=configs/demo.py", "--config.data.nodes_budget=3", "x"],
+            "error: --config.data.nodes_budget=3: the config has no field 'nodes_budget' "
+            "(did you mean 'node_budget'?)",
+        ),
+        (
+            ["--config=configs/demo.py", "--config.train.steps=many", "x"],
+            "error: flag --config.train.steps=many: invalid literal for int() with base 10: 'many'",
+        ),
+        (
+            ["--config=configs/nope.py", "x"],
+            "error: --config: cannot load the config file: [Errno 2] No such file or directory: "
+            "'configs/nope.py'",
+        ),
+        (["--bogus", "x"], "error: Unknown command line flag 'bogus'"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_exit_2(args, line):
+    r = _run("sigmma_jax.check_data", *args)
+    assert (r.returncode, r.stderr.strip(), r.stdout) == (2, line, "")
+
+
+def test_a_bad_config_value_stops_the_run_before_any_work(tmp_path):
+    workdir = tmp_path / "w"
+    r = _run(
+        "sigmma_jax.main",
+        "--config=configs/demo.py",
+        "--config.data.overflow=dorp",
+        f"--workdir={workdir}",
+    )
+    assert (r.returncode, r.stderr.strip()) == (
+        2,
+        "error: config.data.overflow = 'dorp': expected one of 'subsample', 'drop' "
+        "(did you mean 'drop'?)",
+    )
+    assert not workdir.exists()

@@ -27,6 +27,7 @@ from sigmma_jax import atomic
 from sigmma_jax.data import graphs, readers, records, sources, splits, tiling
 
 MANIFEST = "manifest.json"
+OVERFLOW = ("subsample", "drop")  # data.overflow: what happens to a tile above the node budget
 # Settings that change what a tile record holds; a shard dir made with others is refused.
 SHARD_KEYS = (
     "target_mpp",
@@ -174,6 +175,9 @@ def _round_up(x: int, m: int) -> int:
 
 def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
+    from sigmma_jax import config_check  # the registries it reads import this module
+
+    config_check.validate(config)
     d = config.data
     out_dir = shard_dir(config, workdir)
     out_dir.mkdir(parents=True, exist_ok=True)

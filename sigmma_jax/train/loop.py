@@ -20,7 +20,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sigmma_jax import atomic, evaluation, sharding
+from sigmma_jax import atomic, config_check, evaluation, sharding
 from sigmma_jax.data import input_pipeline, shards
 from sigmma_jax.evaluation import inference, report
 from sigmma_jax.models import backbones, sigmma
@@ -137,6 +137,7 @@ def train(
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Preprocess (if needed), train (resuming if possible), evaluate; write the results files."""
+    config_check.validate(config)
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
     if config.model.backbone_weights and fresh:  # fail now, not after an hour of preprocessing
