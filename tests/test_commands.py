@@ -59,6 +59,11 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path):
             "'configs/nope.py'",
         ),
         (["--bogus", "x"], "error: Unknown command line flag 'bogus'"),
+        (
+            [],
+            "error: name a HEST folder, a Xenium bundle, CELLS.h5ad HE.tif, or --config=... "
+            "(see --help)",
+        ),
     ],
 )
 def test_a_bad_command_line_is_one_line_and_exit_2(args, line):

@@ -95,10 +95,11 @@ def value_scale(sample: np.ndarray, path) -> float:
     kept; anything else is refused rather than guessed (tiles would come out black or white)."""
     if sample.dtype == np.uint8:
         return 1.0
+    lo, hi = (sample.min(), sample.max()) if sample.size else (0, 0)
     if np.issubdtype(sample.dtype, np.integer):
-        top = int(sample.max(initial=0))
+        top = int(hi)
         bits = next((b for b in (8, 10, 12, 14, 16) if top < 2**b), None)
-        if bits is None or sample.min(initial=0) < 0:
+        if bits is None or lo < 0:
             raise InputError(
                 f"{path}: {sample.dtype} pixels up to {top}: expected 8- or 16-bit RGB; "
                 "save the H&E as 8-bit RGB"
@@ -106,7 +107,7 @@ def value_scale(sample: np.ndarray, path) -> float:
         return 255.0 / (2**bits - 1)
     if not np.isfinite(sample).all():
         raise InputError(f"{path}: the float pixels include NaN or inf; save the H&E as 8-bit RGB")
-    lo, hi = float(sample.min(initial=0.0)), float(sample.max(initial=0.0))
+    lo, hi = float(lo), float(hi)
     if lo < 0 or hi > 255:
         raise InputError(
             f"{path}: float pixels range over [{lo:.4g}, {hi:.4g}]; expected [0, 1] or "
