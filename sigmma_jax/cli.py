@@ -13,6 +13,7 @@ that does not load, missing flags), 1 for bad data or a failing environment (`In
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Callable
@@ -57,6 +58,16 @@ def required(*names: str) -> None:
 
 def _say(message: str) -> None:
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
+def _last_word() -> None:
+    """After the error line nothing more is said: background threads of a failed run (Orbax's
+    asynchronous writes, whose event loop is gone) would otherwise print a traceback each while the
+    interpreter shuts down."""
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stderr.fileno())
+    os.close(devnull)
 
 
 def os_error_line(e: OSError) -> str:
@@ -133,6 +144,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
             return ERROR_EXIT
         except OSError as e:
             _say(os_error_line(e))
+            _last_word()
             return ERROR_EXIT
 
     app.run(wrapped, flags_parser=parse_flags)

@@ -1,5 +1,7 @@
 """Every documented command starts as `python -m sigmma_jax.X` and answers in one style (absl)."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -85,3 +87,47 @@ def test_a_bad_config_value_stops_the_run_before_any_work(tmp_path):
         "(did you mean 'drop'?)",
     )
     assert not workdir.exists()
+
+
+TINY = [  # the demo shrunk to seconds (tests/support/configs.py's tiny_config, as flags)
+    "--config=configs/demo.py",
+    "--config.data.synthetic.size_um=1024",
+    "--config.data.synthetic.n_genes=40",
+    "--config.data.split.block_tiles=2",
+    "--config.data.workers=1",
+    "--config.model.vit.img_size=16",
+    "--config.model.vit.width=32",
+    "--config.model.vit.depth=1",
+    "--config.model.vit.num_heads=2",
+    "--config.model.embed_dim=32",
+    "--config.model.st.hidden=32",
+    "--config.train.global_batch=8",
+    "--config.train.steps=30",
+    "--config.train.checkpoint_every=3",
+    "--config.train.log_every=1",
+    "--config.evals=()",
+]
+
+
+def test_a_full_disk_ends_the_run_with_one_line(tmp_path):
+    """Orbax writes checkpoints in the background and only logs a failed write; the run stops at
+    the first one, never starts another save, and says so in one line naming the path. Before:
+    training went on, then 1,401 lines with 160 tracebacks ('Event loop is closed')."""
+    r = subprocess.run(
+        [sys.executable, "tests/support/full_disk.py", *TINY, f"--workdir={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    errors = [line for line in r.stderr.splitlines() if not line.startswith(("I", "W"))]
+    ckpt = tmp_path / "checkpoints"
+    assert r.returncode == 1 and errors[-1] == (
+        f"error: {ckpt}/3.orbax-checkpoint-tmp/meta.orbax-checkpoint-tmp: cannot save the "
+        "checkpoint of step 3: No space left on device"
+    )
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) < 40
+    assert [p.name for p in ckpt.iterdir()] == ["3.orbax-checkpoint-tmp"]  # nothing complete
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert steps == list(range(1, len(steps) + 1)) and 3 <= len(steps) <= 6  # not past save 2
