@@ -23,7 +23,8 @@ class ConfigError(InputError):
     wrong, not the data)."""
 
 
-def _choices() -> dict[str, Iterable[str]]:
+def allowed_names() -> dict[str, Iterable[str]]:
+    """Config key -> the names it may take (for `evals`, each of its list)."""
     # Imported here: the registries pull in the model and the evaluators, which the config schema
     # (and a command's --help) does not need.
     from sigmma_jax import evaluation
@@ -143,7 +144,7 @@ def _check_name(key: str, value, allowed: Iterable[str]) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first bad value of `config`."""
-    for key, allowed in _choices().items():
+    for key, allowed in allowed_names().items():
         value = _get(config, key)
         if value is _MISSING:
             continue
