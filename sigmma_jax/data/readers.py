@@ -198,14 +198,13 @@ class WSI:
         level = next(lv for lv in reversed(self._levels) if max(lv.shape[:2]) >= want)
         step = max(1, math.ceil(max(level.shape[:2]) / max_side))
         try:
-            img = self._to_uint8(np.asarray(level[::step, ::step]))
-        except InputError:
-            raise
-        except Exception as e:
+            raw = np.asarray(level[::step, ::step])
+        except Exception as e:  # tifffile raises many types on damaged files
             raise InputError(
                 f"{self.path}: cannot decode the image (truncated or corrupt TIFF? "
                 f"{type(e).__name__}: {e})"
             ) from e
+        img = self._to_uint8(raw)
         return img, (self.shape[0] / img.shape[0], self.shape[1] / img.shape[1])
 
     def pixel_size_um(self) -> float | None:

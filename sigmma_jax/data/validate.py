@@ -82,12 +82,14 @@ def placement(slide: readers.Slide) -> dict:
     if len(xy) == 0:
         return report
 
-    # Centroids in µm at p µm/px all lie within the top-left p-th of each side of the image.
+    # Centroids in µm at p µm/px all lie within the top-left p-th of each side of the image. Real
+    # cells there (a slide with several sections, one of them measured) sit on their own tissue,
+    # which the cells' box covers, while the same points divided by p scatter over the others'.
     top = xy.max(0)
     if ps < 0.8 and top[0] <= ps * w * 1.02 and top[1] <= ps * h * 1.02:
         x1, y1 = int(top[0] / sx) + margin + 1, int(top[1] / sy) + margin + 1
         covered = tissue[:y1, :x1].sum() / max(tissue.sum(), 1)
-        if not informative or covered < 0.5:  # the tissue extends well beyond the cells
+        if not informative or (covered < 0.5 and on_tissue(xy / ps) >= 0.8):
             raise InputError(
                 f"{source}: all {len(xy)} cells lie in the top-left {top[0] / w:.0%} x "
                 f"{top[1] / h:.0%} of the {w}x{h} px image {slide.wsi_path.name} (x <= "

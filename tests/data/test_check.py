@@ -194,3 +194,17 @@ def test_the_probe_slide_itself_is_usable_for_both(tmp_path, capsys):
     m = shards.preprocess(c, tmp_path)
     assert m["report"]["split_tiles"] == dict(train=12, val=0, test=4)
     assert m["report"]["slides"]["cells"]["cells_on_tissue"] == 1.0
+
+
+def test_cells_of_one_section_among_several_are_not_taken_for_microns(tmp_path, capsys):
+    """A slide with tissue beyond the measured section: its cells lie in the top-left corner, as
+    centroids in µm would, but on their own tissue; divided by the pixel size they would not."""
+    wsi, cells, *_ = tissue_slide(tmp_path, tissue=(0, 0, 500, 500))
+    image = np.full((2000, 2000, 3), 243, np.uint8)
+    for x0, y0 in ((0, 0), (1000, 0), (0, 1000), (1000, 1000)):  # four sections, one measured
+        image[y0 : y0 + 500, x0 : x0 + 500] = (220, 140, 180)
+    write_tiff(wsi, image, 0.2737)
+    c = preprocessing_only(tiny_config(tmp_path / "shards"))
+    c.data.update(source="generic", cells=str(cells), wsi=str(wsi))
+    assert check.check([], c), capsys.readouterr().out
+    assert "100% of the cells on tissue; 3 of 4x4 tiles" in capsys.readouterr().out
