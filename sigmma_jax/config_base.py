@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.cells = ""  # generic: .h5ad of cells (raw counts, obsm['spatial'] in level-0 px)
     d.wsi = ""  # generic: (pyramidal) TIFF of the H&E
     d.pixel_size_um = 0.0  # 0: read from the OME/TIFF metadata
+    # Counts must be raw (integers); True takes non-integer X as it is (e.g. ambient-corrected).
+    d.allow_non_integer_counts = False
     d.hest_dir = ""
     d.sample_ids = ()
     d.min_qv = 20.0  # HEST transcripts below this Phred quality are not counted

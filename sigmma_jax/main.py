@@ -7,7 +7,7 @@ evaluates; results land in DIR/results.json, DIR/results.md and DIR/plots/.
 import jax
 from absl import flags, logging
 
-from sigmma_jax import cli
+from sigmma_jax import cli, config_check
 from sigmma_jax.data import shards
 from sigmma_jax.train import loop
 
@@ -19,6 +19,7 @@ flags.DEFINE_bool("preprocess_only", False, "Write the shards and manifest, then
 def main(argv) -> None:
     del argv
     cli.required("config", "workdir")
+    config_check.validate(FLAGS.config)  # before anything starts (JAX, the distributed runtime)
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info(

@@ -8,14 +8,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sigmma_jax.config_check import ConfigError
+
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     n = config.mesh.data if config.mesh.data > 0 else len(devices)
     if config.train.global_batch % n or config.eval.batch % n:
-        raise ValueError(
-            f"batch sizes ({config.train.global_batch}, {config.eval.batch}) must divide "
-            f"by the {n} devices of the data axis"
+        raise ConfigError(
+            f"config.train.global_batch = {config.train.global_batch} and config.eval.batch = "
+            f"{config.eval.batch} must both divide by the {n} devices of the data axis"
         )
     return Mesh(np.asarray(devices[:n]), ("data",))
 

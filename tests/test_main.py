@@ -1,6 +1,7 @@
 """The whole run, as `python -m sigmma_jax.main` does it, on small data."""
 
 import json
+import logging
 
 from support.configs import load_config, shrink
 from support.hest import sample
@@ -24,12 +25,19 @@ def _assert_results(workdir, n_test):
         assert (workdir / f).stat().st_size > 0
 
 
-def test_demo_config_runs_end_to_end(tmp_path):
+def test_demo_config_runs_end_to_end(tmp_path, caplog):
     c = shrink(load_config("demo"))
     c.data.synthetic.update(size_um=1024.0, n_genes=40)
     c.data.split.block_tiles = 2
-    r = loop.train_and_evaluate(c, tmp_path)
+    with caplog.at_level(logging.INFO):
+        r = loop.train_and_evaluate(c, tmp_path)
     _assert_results(tmp_path, r["n_test_tiles"])
+    # The run ends by saying where its results are.
+    files = ("results.md", "results.json", "plots/recall.png", "plots/training.png")
+    assert caplog.records[-1].getMessage() == "results: " + ", ".join(
+        str(tmp_path / f) for f in files
+    )
+    assert "evaluating the trained model (retrieval, probe, knn_expression)" in caplog.text
 
 
 def test_luad_config_runs_on_a_hest_folder(tmp_path):

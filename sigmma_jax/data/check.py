@@ -1,8 +1,16 @@
-"""What does a folder hold, and can SIGMMA use it? Reads headers and metadata only, so it is quick.
+"""What does a folder hold, and can SIGMMA use it?
 
   python -m sigmma_jax.check_data HEST_DIR                            # a HEST-1k download
   python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR [HE.tif ALIGN.csv] # a raw Xenium bundle
   python -m sigmma_jax.check_data CELLS.h5ad HE.tif                   # the generic format
+  python -m sigmma_jax.check_data --config=configs/X.py [--config.data.*=...]  # what a run reads
+
+A HEST folder or a Xenium bundle alone is listed from headers and metadata (quick). Cells with their
+H&E, and any `--config`, are checked as the run checks them, with the same functions: the config's
+values, the reader (counts, ids, centroids, pixel size), where the cells fall against the tissue,
+the tile grid, and whether the split leaves a global batch of training tiles and some test tiles
+(counted before the tissue filter, which needs every tile's pixels). Without `--config` the
+defaults of configs/default.py apply.
 
 Exits 0 when everything found is usable, 1 otherwise.
 """
@@ -11,10 +19,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import tempfile
 
+import ml_collections
 import numpy as np
 
 from sigmma_jax.data import hest, readers, xenium
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf")
 
 
 def _wsi(path: pathlib.Path) -> tuple[bool, str]:
@@ -92,7 +104,10 @@ def check_hest(root: pathlib.Path) -> bool:
 
 
 def check_xenium(
-    root: pathlib.Path, he: pathlib.Path | None = None, alignment: pathlib.Path | None = None
+    root: pathlib.Path,
+    he: pathlib.Path | None = None,
+    alignment: pathlib.Path | None = None,
+    config: ml_collections.ConfigDict | None = None,
 ) -> bool:
     ok = True
     exp = json.loads((root / "experiment.xenium").read_text())
@@ -121,11 +136,16 @@ def check_xenium(
         f"  alignment files here: {[p.name for p in aligns] or 'none (pass --config.data.alignment)'}"
     )
     if he is not None and alignment is not None and ok:
-        ok &= check_alignment(root, he, alignment)
+        ok &= check_alignment(root, he, alignment, config)
     return ok
 
 
-def check_alignment(root: pathlib.Path, he: pathlib.Path, alignment: pathlib.Path) -> bool:
+def check_alignment(
+    root: pathlib.Path,
+    he: pathlib.Path,
+    alignment: pathlib.Path,
+    config: ml_collections.ConfigDict | None = None,
+) -> bool:
     """Where the cells land on the H&E, printed before the full read so that a bad alignment is
     still diagnosed; then the whole bundle is read as a run would."""
     try:
@@ -144,45 +164,110 @@ def check_alignment(root: pathlib.Path, he: pathlib.Path, alignment: pathlib.Pat
             + np.array2string(align.matrix, precision=6, suppress_small=True).replace("\n", "\n  ")
         )
         print(f"  cells inside the H&E: {inside.mean():.1%} of {len(xy_um)}")
-        s = xenium.read_xenium(root, he, alignment)
     except readers.InputError as e:
         print(f"NOT usable: {e}")
         return False
-    r = s.report
-    print(
-        f"{s.name}: {len(s.xy)} cells, {len(s.genes)} genes ({s.dropped_controls} control/other "
-        f"features dropped, {r['matrix_columns_without_cell']} matrix columns without a cell); "
-        f"H&E {s.pixel_size_um:.4f} µm/px, image {s.image_shape[1]}x{s.image_shape[0]} px: usable"
+    return check_run(
+        _config(
+            config, source="xenium", xenium_dir=str(root), wsi=str(he), alignment=str(alignment)
+        )
     )
-    return True
 
 
-def check_generic(cells: pathlib.Path, wsi: pathlib.Path) -> bool:
+def _config(config: ml_collections.ConfigDict | None, **data) -> ml_collections.ConfigDict:
+    """A copy of `config` (configs/default.py's defaults when None) reading `data`."""
+    from sigmma_jax import config_base
+
+    c = config_base.base_config() if config is None else ml_collections.ConfigDict(config.to_dict())
+    c.data.update(data)
+    return c
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> bool:
+    """What a run of `config` would read, checked as the run checks it (`shards.preprocess`'s
+    checks, before any tile is read): prints one line per slide and the split, or the problem."""
+    from sigmma_jax import config_check
+    from sigmma_jax.data import shards, sources, validate
+
     try:
-        s = readers.read_generic(cells, wsi)
+        config_check.validate(config)
+        with tempfile.TemporaryDirectory() as tmp:  # the synthetic source writes its slide
+            slides = sources.load_slides(config, workdir or tmp)
+            panel, _ = shards.shared_panel(slides)
+            surveys = list(validate.survey(slides, panel, config.data))
+            split_of = validate.check_candidates(surveys, config)
     except readers.InputError as e:
         print(f"NOT usable: {e}")
         return False
+    for sv in surveys:
+        s, g = sv.slide, sv.layout.grid
+        print(
+            f"{s.name}: {len(s.xy):,} cells x {len(s.genes)} genes ({s.dropped_controls} control "
+            f"probes dropped); {s.wsi_path.name}: {s.image_shape[1]}x{s.image_shape[0]} px at "
+            f"{s.pixel_size_um:.4f} µm/px; {sv.layout.report['cells_on_tissue']:.0%} of the cells "
+            f"on tissue; {len(sv.tiles)} of {g.rows}x{g.cols} tiles with >= "
+            f"{config.data.min_cells} cells (at most {sv.fullest})"
+        )
+        if s.report:
+            print(f"  reader: {json.dumps(s.report, default=str)}")
+    n = {k: split_of.count(k) for k in ("train", "val", "test")}
     print(
-        f"{cells.name}: {len(s.xy):,} cells x {len(s.genes)} genes ({s.dropped_controls} control "
-        f"probes dropped); {wsi.name}: {s.image_shape[1]}x{s.image_shape[0]} px at "
-        f"{s.pixel_size_um:.4f} µm/px: usable"
+        f"split (before the tissue filter): {n['train']} train, {n['val']} val, {n['test']} test "
+        f"tiles; train.global_batch {config.train.global_batch}: usable"
     )
     return True
 
 
-def check(paths: list[str]) -> bool:
-    """Checks what `paths` name (see the module docstring); prints a report, returns usability."""
+def check(
+    paths: list[str], config: ml_collections.ConfigDict | None = None, workdir: str | None = None
+) -> bool:
+    """Checks what `paths` name, read with `config` (see the module docstring); prints a report,
+    returns usability. Without paths, `config` names the data."""
+    if not paths:
+        return check_run(config, workdir)
     path = pathlib.Path(paths[0])
     if not path.exists():
         print(f"{path}: does not exist")
         return False
-    if path.suffix == ".h5ad":
-        if len(paths) < 2:
-            print("the generic format needs the H&E TIFF too: check_data CELLS.h5ad HE.tif")
-            return False
-        return check_generic(path, pathlib.Path(paths[1]))
+    if path.is_file():
+        return _check_files([path] + [pathlib.Path(p) for p in paths[1:]], config)
     if (path / "experiment.xenium").exists():
         extra = [pathlib.Path(p) for p in paths[1:3]]
-        return check_xenium(path, *extra) if len(extra) == 2 else check_xenium(path)
-    return check_hest(path)
+        return check_xenium(path, *extra, config=config) if len(extra) == 2 else check_xenium(path)
+    ok = check_hest(path)
+    if ok and config is not None:  # the whole cohort, read as the run reads it
+        ok = check_run(_config(config, source="hest", hest_dir=str(path)), workdir)
+    return ok
+
+
+def _check_files(paths: list[pathlib.Path], config: ml_collections.ConfigDict | None) -> bool:
+    """A cells file and an H&E image, in either order; or what is missing or misnamed."""
+    kinds = {_kind(p): p for p in paths[:2]}
+    cells, wsi = kinds.get("cells"), kinds.get("tiff")
+    if cells is not None and wsi is not None:
+        return check_run(_config(config, source="generic", cells=str(cells), wsi=str(wsi)))
+    if "table" in kinds:
+        print(f"{kinds['table']}: a table, not an AnnData .h5ad; {readers.GENERIC_FORMAT}")
+    elif cells is not None:
+        print(f"{cells}: the generic format needs the H&E TIFF too: check_data {cells} HE.tif")
+    elif wsi is not None:
+        good, info = _wsi(wsi)
+        print(f"{wsi}: {info}")
+        if good:
+            print(f"an H&E image alone: name its cells too: check_data CELLS.h5ad {wsi}")
+    else:
+        print(
+            f"{paths[0]}: not a HEST folder, a Xenium bundle, a cells .h5ad or a TIFF; see --help"
+        )
+    return False
+
+
+def _kind(path: pathlib.Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".h5ad":
+        return "cells"
+    if suffix in readers.TABLE_SUFFIXES:
+        return "table"
+    if suffix in TIFF_SUFFIXES:
+        return "tiff"
+    return "other"

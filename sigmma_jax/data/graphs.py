@@ -11,6 +11,8 @@ import scipy.spatial
 
 from sigmma_jax.scales import MICRO_PER_SIDE, block_ids
 
+METHODS = ("knn", "radius", "delaunay")  # data.graph
+
 
 def micro_blocks(xy: np.ndarray, tile_px: int) -> np.ndarray:
     """(n, 2) int8 micro block (bx, by) of each cell, from tile-pixel coordinates."""
@@ -44,7 +46,7 @@ def _within(xy: np.ndarray, method: str, k: int, radius: float) -> np.ndarray:
             s = tri.simplices
             pairs = np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]])
     else:
-        raise ValueError(f"unknown graph method {method!r}; use knn, radius or delaunay")
+        raise ValueError(f"unknown graph method {method!r}; use one of {METHODS}")
     return pairs
 
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import pathlib
 import time
 
@@ -24,9 +23,11 @@ import scipy.sparse as sp
 import tqdm
 
 from sigmma_jax import atomic
-from sigmma_jax.data import graphs, readers, records, sources, splits, tiling
+from sigmma_jax.data import graphs, readers, records, sources, tiling, validate, workers
+from sigmma_jax.workdir import lock as lock_dir
 
 MANIFEST = "manifest.json"
+OVERFLOW = ("subsample", "drop")  # data.overflow: what happens to a tile above the node budget
 # Settings that change what a tile record holds; a shard dir made with others is refused.
 SHARD_KEYS = (
     "target_mpp",
@@ -51,11 +52,33 @@ def read_manifest(directory: str | pathlib.Path) -> dict:
     return json.loads((pathlib.Path(directory) / MANIFEST).read_text())
 
 
+def _file_id(path: pathlib.Path, span: int = 1 << 20) -> list:
+    """What identifies a file wherever it lies: its size and a checksum of its head and tail."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        f.seek(max(size - span, 0))
+        h.update(f.read(span))
+    return [size, h.hexdigest()[:16]]
+
+
+def _cells_id(s: readers.Slide) -> str:
+    """A checksum of the cells: centroids, counts and panel (a corrected cells file changes it)."""
+    h = hashlib.sha256(np.ascontiguousarray(s.xy, np.float64).tobytes())
+    for a in (s.counts.indptr, s.counts.indices, s.counts.data):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update("\n".join(map(str, s.genes)).encode())
+    return h.hexdigest()[:16]
+
+
 def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
+    """The shard-defining settings and what identifies the data (not where it lies: a moved or
+    copied workdir resumes)."""
     d = config.data
     ident = {k: d[k] for k in SHARD_KEYS}
     ident["slides"] = [
-        (s.name, str(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), s.counts.shape[1])
+        (s.name, _file_id(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), _cells_id(s))
         for s in slides
     ]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -172,11 +195,43 @@ def _round_up(x: int, m: int) -> int:
     return max(m, int(math.ceil(x / m) * m))
 
 
+def _remove_unfinished(out_dir: pathlib.Path, h: str) -> None:
+    """Chunks of a preprocessing that never wrote its manifest, made with other settings or data:
+    nothing uses them, and they must not block the corrected rerun."""
+    stale = []
+    for side in out_dir.glob("*.json"):
+        if side.name == MANIFEST:
+            continue
+        try:
+            meta = json.loads(side.read_text())
+        except ValueError:
+            meta = {}
+        if meta.get("hash") != h:
+            stale.append((side, meta.get("shard")))
+    if stale:
+        logging.warning(
+            "%s: removing %d chunks of an unfinished preprocessing made with other settings or "
+            "slides",
+            out_dir,
+            len(stale),
+        )
+    for side, shard in stale:
+        if shard:
+            (out_dir / shard).unlink(missing_ok=True)
+        side.unlink()
+
+
 def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
+    from sigmma_jax import config_check  # the registries it reads import this module
+
+    config_check.validate(config)
+    with lock_dir(shard_dir(config, workdir), "shard directory") as out_dir:
+        return _preprocess(config, workdir, out_dir)
+
+
+def _preprocess(config: ml_collections.ConfigDict, workdir, out_dir: pathlib.Path) -> dict:
     d = config.data
-    out_dir = shard_dir(config, workdir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     slides = sources.load_slides(config, workdir)
     h = shard_hash(config, slides)
@@ -191,42 +246,42 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
             )
         if old["split_config"] == split_cfg:
             logging.info("shards up to date in %s (%d tiles)", out_dir, len(old["tiles"]))
+            problem = validate.split_problem([t["split"] for t in old["tiles"]], config)
+            if problem:
+                raise readers.InputError(f"{out_dir}: {problem}")
             return old
+    else:
+        _remove_unfinished(out_dir, h)
 
     panel, genes_dropped = shared_panel(slides)
     settings = {k: d[k] for k in SHARD_KEYS}
-    names, todo, slide_report = [], [], {}
-    for slide in slides:
-        col_of = {g: i for i, g in enumerate(slide.genes)}
-        counts = slide.counts[:, [col_of[g] for g in panel]].tocsr()
+    names, todo, slide_report, surveys = [], [], {}, []
+    for sv in validate.survey(slides, panel, d):
+        slide, counts, usable = sv.slide, sv.counts, sv.usable
         slide.counts = None  # the panel copy replaces it: one copy of the counts in memory
-        grid = tiling.tile_grid(slide, d.target_mpp, d.tile_px)
-        flat, local = tiling.assign_cells(slide, grid)
-        zero = np.asarray(counts.sum(1)).ravel() == 0
+        grid, flat, local = sv.layout.grid, sv.layout.tile_of_cell, sv.layout.local
         slide_report[slide.name] = dict(
             cells_total=len(flat),
             cells_outside_grid=int((flat < 0).sum()),
-            cells_zero_counts=int((zero & (flat >= 0)).sum()),
+            cells_zero_counts=int(((flat >= 0) & ~usable).sum()),
             controls_dropped=slide.dropped_controls,
             genes_not_shared=genes_dropped[slide.name],
             grid=[grid.rows, grid.cols],
             pixel_size_um=slide.pixel_size_um,
+            most_cells_in_a_tile=sv.fullest,
+            **sv.layout.report,
             reader=slide.report,
         )
-        usable = (flat >= 0) & ~zero  # a cell without transcripts carries nothing to align
+        surveys.append(sv)
         for ci, r0 in enumerate(range(0, grid.rows, d.chunk_rows)):
             name = f"{slide.name}-{ci:04d}"
             names.append(name)
-            side = out_dir / f"{name}.json"
-            if side.exists():
-                if json.loads(side.read_text())["hash"] != h:
-                    raise readers.InputError(
-                        f"{side}: chunk made with other settings (hash mismatch); "
-                        f"point --config.data.shard_dir elsewhere or delete {out_dir}"
-                    )
+            if (out_dir / f"{name}.json").exists():  # finished by an earlier run
                 continue
             rows = (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols)
             todo.append((name, slide, grid, flat, local, counts, np.flatnonzero(usable & rows)))
+    validate.check_candidates(surveys, config)  # before hours of work
+    slide_names = [s.name for s in slides]
 
     def chunks():  # built one at a time: a chunk copies its cells' counts
         for name, slide, grid, flat, local, counts, sel in todo:
@@ -258,8 +313,7 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
             bar.set_postfix(tiles=done["tiles"], cells_per_s=f"{done['cells'] / rate:,.0f}")
 
         if d.workers > 1:
-            ctx = multiprocessing.get_context("spawn")  # fork after JAX/threads is unsafe
-            with cf.ProcessPoolExecutor(d.workers, mp_context=ctx) as pool:
+            with workers.pool(d.workers) as pool:
                 pending = set()
                 for c in chunks():
                     if (
@@ -283,10 +337,10 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     if not tiles:
         raise readers.InputError(
             f"no tile passed the filters (min_cells={d.min_cells}, min_tissue={d.min_tissue}, "
-            f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}"
+            f"node_budget={d.node_budget} with overflow={d.overflow!r}) among "
+            f"{validate.grids(surveys, d)}: {report}"
         )
-    slide_names = [s.name for s in slides]
-    split_of = splits.make_splits(tiles, slide_names, d.split)
+    split_of = validate.split_tiles(tiles, slide_names, config)
     report.update(
         tiles_kept=len(tiles),
         slides=slide_report,

@@ -34,7 +34,11 @@ def _generic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[reader
         raise readers.InputError(
             "configs/generic.py needs --config.data.cells=FILE.h5ad and --config.data.wsi=FILE.tif"
         )
-    return [readers.read_generic(d.cells, d.wsi, d.pixel_size_um)]
+    return [
+        readers.read_generic(
+            d.cells, d.wsi, d.pixel_size_um, allow_non_integer=d.allow_non_integer_counts
+        )
+    ]
 
 
 def _hest(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:

@@ -11,6 +11,8 @@ import numpy as np
 
 from sigmma_jax.data import readers
 
+SPLIT_BY = ("auto", "sample", "space")  # data.split.by
+
 
 def spatial_splits(
     tiles: list[dict], block_tiles: int, test_fraction: float, val_fraction: float, seed: int

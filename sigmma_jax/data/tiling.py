@@ -60,8 +60,13 @@ def read_tile(wsi: WSI, grid: TileGrid, row: int, col: int) -> np.ndarray:
     return np.asarray(img)
 
 
-def tissue_fraction(img: np.ndarray) -> float:
-    """Fraction of pixels that are stained (saturated or dark), as opposed to white glass."""
+def tissue_mask(img: np.ndarray) -> np.ndarray:
+    """Pixels that are stained (saturated or dark), as opposed to white glass."""
     f = img.astype(np.int16)
     saturation = f.max(-1) - f.min(-1)
-    return float(((saturation > 20) | (f.mean(-1) < 200)).mean())
+    return (saturation > 20) | (f.mean(-1) < 200)
+
+
+def tissue_fraction(img: np.ndarray) -> float:
+    """Fraction of a tile's pixels that are tissue."""
+    return float(tissue_mask(img).mean())

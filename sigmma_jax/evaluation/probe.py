@@ -11,6 +11,8 @@ from sklearn.preprocessing import StandardScaler
 from sigmma_jax.evaluation import expression
 
 SPLITS = ("train", "test")
+# eval.probe_embedding -> the embeddings' key: the model's projected scales or the backbone's
+EMBEDDINGS = {"projected": "he", "backbone": "he_backbone"}
 # Ridge's lsqr iteration cap, as in HEST-Benchmark. The tolerance is tighter than sklearn's 1e-4
 # (HEST's) so the probe returns the ridge optimum itself: at 1e-4 lsqr stops early enough to move
 # per-tile PCC by ~1e-3 relative. PCA features have orthogonal columns, so this costs little.
@@ -79,7 +81,7 @@ def linear_probe(
 
 def evaluate(embeddings: dict, config) -> dict:
     """The probe on the projected HE embeddings (or the backbone's: eval.probe_embedding)."""
-    key = "he" if config.eval.probe_embedding == "projected" else "he_backbone"
+    key = EMBEDDINGS[config.eval.probe_embedding]
     train, test = embeddings["train"], embeddings["test"]
     return linear_probe(
         expression.features(train, key),

@@ -152,11 +152,12 @@ def _chance(key: str, n: Any) -> float | None:
     return p / 100
 
 
-def _plot_recall(results: dict, path: Path) -> None:
+def _plot_recall(results: dict, path: Path) -> bool:
+    """Plots the recall bars (False when there is no retrieval result to plot)."""
     models = [m for m in _models(results) if "retrieval" in results[m]]
     keys = _recall_keys(results, models)
     if not keys:
-        return
+        return False
     fig = Figure(figsize=(4.2 * len(keys), 6.5), layout="constrained")
     axes = fig.subplots(len(DIRECTIONS), len(keys), squeeze=False, sharey=True)
     x = np.arange(len(RETRIEVAL_SCALES))
@@ -178,6 +179,7 @@ def _plot_recall(results: dict, path: Path) -> None:
     axes[1, 0].set_ylabel("recall")
     axes[0, -1].legend(loc="upper left", fontsize="small")
     _save_png(fig, path)
+    return True
 
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
@@ -210,8 +212,9 @@ def _plot_training(history: list[dict], path: Path) -> None:
 
 def write_results(
     workdir: str | os.PathLike, results: dict, history: list[dict] | None = None
-) -> None:
-    """Write results.md, plots/recall.png, plots/training.png (if `history`) and results.json.
+) -> list[Path]:
+    """Write results.md, plots/recall.png, plots/training.png (if `history`) and results.json;
+    returns the paths written.
 
     `results` is {"trained": {evaluator: ...}, "initial": {...}, "n_test_tiles": int,
     "n_train_tiles": int, ...}; extra keys are kept in results.json, and scalar ones are listed in
@@ -219,8 +222,12 @@ def write_results(
     """
     workdir = Path(workdir)
     plots = workdir / "plots"
-    atomic.write_text(workdir / "results.md", _markdown(results))
-    _plot_recall(results, plots / "recall.png")
+    written = [workdir / "results.md", workdir / "results.json"]
+    atomic.write_text(written[0], _markdown(results))
+    if _plot_recall(results, plots / "recall.png"):
+        written.append(plots / "recall.png")
     if history:
         _plot_training(history, plots / "training.png")
-    atomic.write_json(workdir / "results.json", results, indent=2)
+        written.append(plots / "training.png")
+    atomic.write_json(written[1], results, indent=2)
+    return written

@@ -61,6 +61,10 @@ class AttentionPool(nn.Module):
         return jnp.einsum("bn,bnd->bd", alpha, nn.Dense(self.dim, name="phi")(h))
 
 
+EDGE_SAMPLING = ("gumbel", "full", "none")  # model.st.edge_sampling
+EVAL_EDGES = ("expectation", "threshold")  # model.st.eval_edges
+
+
 class EdgeSampler(nn.Module):
     """Weights in [0, 1] for candidate pairs: s_uv = σ(MLP([h_u, h_v])), relaxed Bernoulli sample.
 

@@ -9,6 +9,7 @@ it (nor reads converted weights again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -20,7 +21,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sigmma_jax import atomic, evaluation, sharding
+from sigmma_jax import atomic, config_check, evaluation, sharding
 from sigmma_jax.data import input_pipeline, shards
 from sigmma_jax.evaluation import inference, report
 from sigmma_jax.models import backbones, sigmma
@@ -28,6 +29,7 @@ from sigmma_jax.scales import SCALES
 from sigmma_jax.train import checkpoints, metrics, optimizer
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
+from sigmma_jax.workdir import lock as lock_dir
 
 INITIAL_RESULTS = "results_initial.json"
 
@@ -100,6 +102,7 @@ def train(
     lr = optimizer.lr_schedule(config)
     t_log, tiles = time.time(), 0
     t0 = t_log
+    saving = None  # the step whose checkpoint is being written
     for step in range(start, end):
         batch = input_pipeline.to_device(next(it), mesh)
         state, m = step_fn(state, batch)
@@ -125,9 +128,14 @@ def train(
             t_log, tiles = now, 0
         if config.eval_every and done % config.eval_every == 0 and done < config.train.steps:
             writer.write_evals(done, evaluate(state.params))
+        if saving is not None and checkpoints.finished(mngr, saving):  # stop at a failed save
+            saving = None
         if done % config.train.checkpoint_every == 0 or done == end:
+            if saving is not None:
+                checkpoints.wait(mngr, saving)
             checkpoints.save(mngr, done, state, it, config, backbone_config)
-    mngr.wait_until_finished()
+            saving = done
+    checkpoints.wait(mngr, saving)
     mngr.close()
     writer.close()
     if hasattr(it, "close"):
@@ -136,17 +144,25 @@ def train(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Preprocess (if needed), train (resuming if possible), evaluate; write the results files."""
+    """Preprocess (if needed), train (resuming if possible), evaluate; write the results files.
+
+    Process 0 holds the workdir's lock for the whole run (`sigmma_jax.workdir`)."""
+    config_check.validate(config)
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
     if config.model.backbone_weights and fresh:  # fail now, not after an hour of preprocessing
         backbones.read_meta(config.model.backbone_weights)
-    workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    with lock_dir(workdir) if primary else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    mesh = sharding.make_mesh(config)
     if jax.process_index() == 0:
         shards.preprocess(config, workdir)
     multihost_utils.sync_global_devices("preprocessed")
     manifest = shards.read_manifest(shards.shard_dir(config, workdir))
-    mesh = sharding.make_mesh(config)
     logging.info(
         "mesh %s; %d train / %d test tiles; budgets %s",
         dict(mesh.shape),
@@ -156,6 +172,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     )
     run = train(config, workdir, manifest, mesh)
     t0 = time.time()
+    logging.info(
+        "evaluating the trained model (%s) on %d test tiles",
+        ", ".join(config.evals),
+        len(manifest["splits"]["test"]),
+    )
     trained = run.evaluate(run.state.params)
     initial = run.initial
     if initial is None:  # resumed: the initial model was evaluated by the run that started it
@@ -170,5 +191,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         preprocessing=manifest["report"],
     )
     if jax.process_index() == 0:
-        report.write_results(workdir, results, metrics.read_history(workdir / "metrics.jsonl"))
+        files = report.write_results(
+            workdir, results, metrics.read_history(workdir / "metrics.jsonl")
+        )
+        logging.info("results: %s", ", ".join(map(str, files)))
     return results

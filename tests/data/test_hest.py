@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from support.configs import tiny_config
+from support.configs import preprocessing_only, tiny_config
 from support.hest import sample
 from support.xenium import rotation_affine, write_xenium_bundle
 
@@ -81,7 +81,7 @@ def test_several_samples_share_a_panel_and_split_bysample(tmp_path):
     sample(tmp_path, "TENX1", seed=1, n_genes=12)
     sample(tmp_path, "TENX2", seed=2, n_genes=10)  # a smaller panel: G10, G11 are not shared
     for fold, held_out in ((0, "TENX1"), (1, "TENX2")):
-        c = tiny_config(tmp_path / f"shards{fold}")
+        c = preprocessing_only(tiny_config(tmp_path / f"shards{fold}"))
         c.data.update(source="hest", hest_dir=str(tmp_path / "hest"), sample_ids=("TENX1", "TENX2"))
         c.data.split.fold = fold
         m = shards.preprocess(c, tmp_path)

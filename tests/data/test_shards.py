@@ -1,10 +1,13 @@
+import json
+import logging
 import pathlib
+import shutil
 
 import anndata
 import numpy as np
 import pytest
-from support.configs import tiny_config
-from support.slides import pink_slide, write_cells
+from support.configs import preprocessing_only, tiny_config
+from support.slides import pink_slide, write_cells, write_tiff
 
 from sigmma_jax.data import graphs, input_pipeline, readers, records, shards
 
@@ -67,7 +70,7 @@ def test_splits_are_whole_spatial_blocks(tiny_shards):
 
 
 def _generic_config(tmp_path, wsi, cells, **data):
-    c = tiny_config(tmp_path / "shards")
+    c = preprocessing_only(tiny_config(tmp_path / "shards"))
     c.data.source = "generic"
     c.data.cells, c.data.wsi = str(cells), str(wsi)
     c.data.update(data)
@@ -79,9 +82,9 @@ def test_rerun_skips_finished_work_and_resumes_a_crash(tmp_path):
     c = _generic_config(tmp_path, wsi, cells, chunk_rows=1)
     m1 = shards.preprocess(c, tmp_path)
     shard_dir = tmp_path / "shards"
-    mtimes = {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("[!.]*")}
     assert shards.preprocess(c, tmp_path) == m1
-    assert {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()} == mtimes
+    assert {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("[!.]*")} == mtimes
     # A crash after chunk 0 of 4: its sidecar (the proof of completion) and the manifest are missing.
     names = sorted(p.stem for p in shard_dir.glob("*.json") if p.name != "manifest.json")
     assert len(names) == 4
@@ -89,7 +92,7 @@ def test_rerun_skips_finished_work_and_resumes_a_crash(tmp_path):
     (shard_dir / "manifest.json").unlink()
     m2 = shards.preprocess(c, tmp_path)
     assert m2 == dict(m1, report=dict(m1["report"], seconds=m2["report"]["seconds"]))
-    after = {p.name: p.stat().st_mtime_ns for p in shard_dir.iterdir()}
+    after = {p.name: p.stat().st_mtime_ns for p in shard_dir.glob("[!.]*")}
     for n in (names[0], names[2], names[3]):
         assert after[f"{n}.json"] == mtimes[f"{n}.json"]  # untouched
     assert after[f"{names[1]}.json"] != mtimes[f"{names[1]}.json"]
@@ -141,11 +144,16 @@ def test_overflowing_tiles_follow_the_policy_and_are_counted(tmp_path, policy):
 
 def test_no_tissue_and_few_cells_are_dropped_and_counted(tmp_path):
     wsi, cells, *_ = pink_slide(tmp_path)
-    c = _generic_config(tmp_path, wsi, cells, min_tissue=1.01)  # nothing is tissue enough
-    with pytest.raises(
-        readers.InputError, match=r"no tile passed the filters.*'tiles_no_tissue': 4"
-    ):
+    write_tiff(wsi, np.full((1200, 1200, 3), 245, np.uint8), 0.2737)  # glass only
+    c = _generic_config(tmp_path, wsi, cells)
+    with pytest.raises(readers.InputError) as e:
         shards.preprocess(c, tmp_path)
+    assert str(e.value).startswith(
+        "no tile passed the filters (min_cells=8, min_tissue=0.25, node_budget=160 with "
+        "overflow='subsample') among cells: 2x2 tiles of 128 µm at 0.2737 µm/px, at most "
+    )
+    assert "'tiles_no_tissue': 4," in str(e.value)
+    assert not (tmp_path / "shards" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("name", ["luad", "paad", "skcm", "idc"])
@@ -172,3 +180,41 @@ def test_cells_without_transcripts_are_skipped_and_counted(tmp_path):
     assert rep["cells_zero_counts"] == inside > 0
     assert m["report"]["cells_kept"] == sum(t["n_cells"] for t in m["tiles"])
     assert m["report"]["cells_kept"] == int(((xy * 0.2737) < 256).all(1).sum()) - inside
+
+
+def test_a_moved_workdir_resumes_and_corrected_cells_are_new_data(tmp_path):
+    """The shard hash holds what identifies the data (file size and checksums, shape, pixel size,
+    cells), not where it lies."""
+    a = tmp_path / "a"
+    a.mkdir()
+    wsi, cells, xy, counts, genes = pink_slide(a)
+    m1 = shards.preprocess(_generic_config(a, wsi, cells), a)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    shutil.rmtree(a)
+    before = {p.name: p.stat().st_mtime_ns for p in (b / "shards").glob("[!.]*")}
+    m2 = shards.preprocess(_generic_config(b, b / wsi.name, b / cells.name), b)
+    assert m2 == m1  # reused as it is: nothing redone
+    assert {p.name: p.stat().st_mtime_ns for p in (b / "shards").glob("[!.]*")} == before
+    write_cells(b / cells.name, xy[:, ::-1], counts, genes)  # corrected: same cells, same count
+    with pytest.raises(readers.InputError, match="other preprocessing settings or slides"):
+        shards.preprocess(_generic_config(b, b / wsi.name, b / cells.name), b)
+
+
+def test_an_unfinished_preprocessing_does_not_block_a_corrected_rerun(tmp_path, caplog):
+    """Chunks of a run that never wrote its manifest, made with other settings, are removed (with
+    a log line) and redone; before, the rerun failed with 'chunk made with other settings'."""
+    wsi, cells, *_ = pink_slide(tmp_path, side_px=1900, n_cells=900)
+    shards.preprocess(_generic_config(tmp_path, wsi, cells, chunk_rows=1, knn_k=4), tmp_path)
+    shard_dir = tmp_path / "shards"
+    (shard_dir / "manifest.json").unlink()  # as if it had stopped before the end
+    old = {p.name for p in shard_dir.glob("[!.]*")}
+    with caplog.at_level(logging.WARNING):
+        m = shards.preprocess(_generic_config(tmp_path, wsi, cells, chunk_rows=1), tmp_path)
+    assert (
+        "removing 4 chunks of an unfinished preprocessing made with other settings" in caplog.text
+    )
+    assert m["settings"]["knn_k"] == 6
+    for side in shard_dir.glob("*-*.json"):
+        assert json.loads(side.read_text())["hash"] == m["shard_hash"]
+    assert {p.name for p in shard_dir.glob("[!.]*")} == old | {"manifest.json"}  # all remade

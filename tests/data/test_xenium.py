@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.configs import preprocessing_only, tiny_config
 from support.slides import pink_slide, write_cells
 from support.xenium import rotation_affine, write_xenium_bundle, xenium_cell_ids
 
@@ -98,9 +99,13 @@ def test_matrix_columns_without_cells_are_dropped_and_counted(tmp_path):
 
 
 def test_check_data_shows_where_the_cells_land(tmp_path, capsys):
-    assert check.check([str(p) for p in _bundle(tmp_path)])
+    paths = [str(p) for p in _bundle(tmp_path)]
+    assert check.check(paths, preprocessing_only(tiny_config()))
     out = capsys.readouterr().out
-    assert "300 cells, 12 genes" in out and "cells inside the H&E: 100.0%" in out
+    assert "cells inside the H&E: 100.0%" in out and ": 300 cells x 12 genes" in out
+    assert '"matrix_columns_without_cell": 0' in out  # the reader's own report
+    assert check.check(paths) is False  # configs/default.py's batch of 64: too few tiles
+    assert "NOT usable: the split leaves 0 training tiles" in capsys.readouterr().out
 
 
 def _rewrite_h5(path, edit):

@@ -26,6 +26,12 @@ def tiny_config(shard_dir=""):
     return c
 
 
+def preprocessing_only(c):
+    """A config that only preprocesses: nothing trains or evaluates, so any split will do."""
+    c.train.steps, c.evals = 0, ()
+    return c
+
+
 def load_config(name, arg=None):
     """configs/NAME.py's get_config(arg), as `--config=configs/NAME.py:arg` gives it."""
     spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")

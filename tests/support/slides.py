@@ -61,3 +61,27 @@ def pink_slide(tmp, side_px=1200, pixel_size_um=0.2737, n_cells=400, n_genes=12,
     wsi = write_tiff(pathlib.Path(tmp) / "he.ome.tif", image, pixel_size_um)
     cells = write_cells(pathlib.Path(tmp) / "cells.h5ad", xy, counts, genes)
     return wsi, cells, xy, counts, genes
+
+
+def tissue_slide(
+    tmp,
+    side_px=2000,
+    pixel_size_um=0.2737,
+    n_cells=1400,
+    tissue=(0, 0, 2000, 2000),
+    n_genes=12,
+    seed=0,
+):
+    """Glass with a pink tissue rectangle `tissue` = (x0, y0, x1, y1) px and cells inside it:
+    (wsi, cells, xy, counts, genes). The issue's probe slide by default: 2000 px at 0.2737 µm/px,
+    1,400 cells, 4x4 tiles of 128 µm."""
+    rng = np.random.default_rng(seed)
+    image = np.full((side_px, side_px, 3), 243, np.uint8)
+    x0, y0, x1, y1 = tissue
+    image[y0:y1, x0:x1] = (220, 140, 180)
+    xy = rng.uniform((x0, y0), (x1, y1), (n_cells, 2))
+    counts = rng.poisson(3.0, (n_cells, n_genes))
+    genes = [f"G{i}" for i in range(n_genes)]
+    wsi = write_tiff(pathlib.Path(tmp) / "he.ome.tif", image, pixel_size_um)
+    cells = write_cells(pathlib.Path(tmp) / "cells.h5ad", xy, counts, genes)
+    return wsi, cells, xy, counts, genes

@@ -1,0 +1,186 @@
+"""Every config value checked at start-up, in one place: a bad value stops the run (and
+preprocessing, and `check_data`) before any work, with one line naming the key, the value and what
+is allowed.
+
+Names are read from the registries of the code that uses them (readers, towers, losses,
+evaluators...), so a value becomes valid as soon as its implementation is registered. Numeric ranges
+are those the code needs. A key that does not exist never gets here: ml_collections refuses it while
+the command line is parsed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterable
+
+import ml_collections
+
+from sigmma_jax.data.readers import InputError
+
+
+class ConfigError(InputError):
+    """A config value the code cannot use: a usage error (the command line or the config file is
+    wrong, not the data)."""
+
+
+def allowed_names() -> dict[str, Iterable[str]]:
+    """Config key -> the names it may take (for `evals`, each of its list)."""
+    # Imported here: the registries pull in the model and the evaluators, which the config schema
+    # (and a command's --help) does not need.
+    from sigmma_jax import evaluation
+    from sigmma_jax.data import graphs, shards, sources, splits
+    from sigmma_jax.evaluation import probe
+    from sigmma_jax.models import backbones, sigmma, st_encoder
+    from sigmma_jax.train import losses
+
+    return {
+        "data.source": sources.SOURCES,
+        "data.overflow": shards.OVERFLOW,
+        "data.graph": graphs.METHODS,
+        "data.split.by": splits.SPLIT_BY,
+        "model.backbone_mode": backbones.TRAINING_MODES,
+        "model.he_tower": sigmma.HE_TOWERS,
+        "model.st_tower": sigmma.ST_TOWERS,
+        "model.st.edge_sampling": st_encoder.EDGE_SAMPLING,
+        "model.st.eval_edges": st_encoder.EVAL_EDGES,
+        "model.dtype": ("float32", "bfloat16", "float16"),
+        # jax.nn.dot_product_attention's implementations ("": XLA chooses)
+        "model.attn_impl": ("", "xla", "cudnn"),
+        "train.loss": losses.LOSSES,
+        "eval.probe_embedding": probe.EMBEDDINGS,
+        "evals": evaluation.EVALUATORS,  # each of the list
+    }
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _fraction(v) -> bool:
+    return 0 <= v <= 1
+
+
+# key -> (test, what it must be). Keys of configs that lack a section (a tool's own config) are
+# skipped.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.pixel_size_um": (_non_negative, ">= 0 (0 reads it from the slide's metadata)"),
+    "data.target_mpp": (_positive, "> 0"),
+    "data.tile_px": (_positive, "> 0"),
+    "data.min_cells": (_non_negative, ">= 0"),
+    "data.min_tissue": (_fraction, "in [0, 1]"),
+    "data.min_qv": (_non_negative, ">= 0"),
+    "data.node_budget": (_positive, "> 0"),
+    "data.knn_k": (_positive, "> 0"),
+    "data.radius_px": (_positive, "> 0"),
+    "data.chunk_rows": (_positive, "> 0"),
+    "data.workers": (_non_negative, ">= 0"),
+    "data.loader_workers": (_non_negative, ">= 0"),
+    "data.split.fold": (_non_negative, ">= 0"),
+    "data.split.block_tiles": (_positive, "> 0"),
+    "data.split.test_fraction": (_fraction, "in [0, 1]"),
+    "data.split.val_fraction": (_fraction, "in [0, 1]"),
+    "data.synthetic.size_um": (_positive, "> 0"),
+    "data.synthetic.pixel_size_um": (_positive, "> 0"),
+    "data.synthetic.n_genes": (_positive, "> 0"),
+    "model.embed_dim": (_positive, "> 0"),
+    "model.head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.backbone_last_k": (_non_negative, ">= 0"),
+    "model.st.hidden": (_positive, "> 0"),
+    "model.st.layers_per_scale": (_positive, "> 0"),
+    "model.st.target_sum": (_positive, "> 0"),
+    "model.st.edge_hidden": (_positive, "> 0"),
+    "model.st.gumbel_tau": (_positive, "> 0"),
+    "model.st.edge_prior": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "model.temperature_init": (_positive, "> 0"),
+    "model.temperature_min": (_positive, "> 0"),
+    "train.global_batch": (_positive, "> 0"),
+    "train.steps": (_non_negative, ">= 0"),
+    "train.warmup_steps": (_non_negative, ">= 0"),
+    "train.lr": (_positive, "> 0"),
+    "train.backbone_lr_mult": (_non_negative, ">= 0"),
+    "train.layer_decay": (_positive, "> 0"),
+    "train.weight_decay": (_non_negative, ">= 0"),
+    "train.grad_clip": (_positive, "> 0"),
+    "train.log_every": (_positive, "> 0"),
+    "train.checkpoint_every": (_positive, "> 0"),
+    "train.keep_checkpoints": (_positive, "> 0"),
+    "eval_every": (_non_negative, ">= 0 (0: only at the end)"),
+    "eval.batch": (_positive, "> 0"),
+    "eval.pca_components": (_positive, "> 0"),
+    "eval.n_genes": (_positive, "> 0"),
+    "eval.knn_k": (_positive, "> 0"),
+    "mesh.data": (lambda v: v == -1 or v > 0, "-1 (every device) or > 0"),
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _bad(key: str, value, must: str) -> ConfigError:
+    return ConfigError(f"config.{key} = {value!r}: {must}")
+
+
+def _check_name(key: str, value, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _bad(key, value, "expected one of " + ", ".join(map(repr, allowed)) + hint)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first bad value of `config`."""
+    for key, allowed in allowed_names().items():
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        for v in value if key == "evals" else (value,):
+            _check_name(key, v, allowed)
+    for key, (ok, must) in RANGES.items():
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            raise _bad(key, value, f"must be {must}")
+    _check_combinations(config)
+
+
+def _check_combinations(config: ml_collections.ConfigDict) -> None:
+    weights = _get(config, "train.scale_weights")
+    if weights is not _MISSING and (
+        len(weights) != 3 or min(weights) < 0 or not any(w > 0 for w in weights)
+    ):
+        raise _bad(
+            "train.scale_weights",
+            tuple(weights),
+            "must be 3 weights >= 0 (micro, meso, macro), at least one > 0",
+        )
+    split = _get(config, "data.split")
+    if split is not _MISSING and split.test_fraction + split.val_fraction >= 1:
+        raise ConfigError(
+            f"config.data.split: test_fraction {split.test_fraction} + val_fraction "
+            f"{split.val_fraction} leave no tile for training; their sum must be < 1"
+        )
+    temps = _get(config, "model.temperature_min"), _get(config, "model.temperature_init")
+    if _MISSING not in temps and temps[1] < temps[0]:
+        raise _bad(
+            "model.temperature_init", temps[1], f"must be >= model.temperature_min {temps[0]}"
+        )
