@@ -42,8 +42,9 @@ def required(*names: str) -> None:
         raise app.UsageError("missing " + ", ".join(f"--{n}" for n in missing))
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-    """`absl.app.run(main)`; bad input ends the command with one line naming the problem, exit 1."""
+def run(main: Callable[[list[str]], int | None], errors: tuple[type, ...] = ()) -> None:
+    """`absl.app.run(main)`; bad input (or one of the command's own `errors`) ends the command with
+    one line naming the problem, exit 1."""
 
     def wrapped(argv):
         from absl import logging as absl_logging
@@ -51,7 +52,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         absl_logging.get_absl_handler().addFilter(_QuietLibraries())
         try:
             return main(argv)
-        except (InputError, FileNotFoundError) as e:
+        except (InputError, FileNotFoundError, *errors) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
 

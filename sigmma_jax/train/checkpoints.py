@@ -30,6 +30,7 @@ def save(
 ) -> None:
     """Saves asynchronously; `backbone` is the backbone's resolved config, so that a resume builds
     the model without the converted weights' directory."""
+    logging.info("saving checkpoint %d", step)
     meta = dict(step=step, config=config.to_json(), backbone=backbone)
     mngr.save(
         step,
@@ -47,15 +48,12 @@ def backbone_config(mngr: ocp.CheckpointManager) -> dict:
     return meta["meta"]["backbone"]
 
 
-def restore(mngr: ocp.CheckpointManager, abstract: TrainState, iterator) -> TrainState:
-    """The latest checkpoint onto `abstract`'s shapes and shardings; `iterator` is moved to the
-    batch after it."""
-    restored = mngr.restore(
-        mngr.latest_step(),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-        ),
-    )
+def restore(mngr: ocp.CheckpointManager, abstract: TrainState, iterator=None) -> TrainState:
+    """The latest checkpoint onto `abstract`'s shapes and shardings; `iterator` (if given) is moved
+    to the batch after it."""
+    items = dict(state=ocp.args.StandardRestore(abstract))
+    if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(**items))
     logging.info("resumed from step %d", int(restored["state"].step))
     return restored["state"]
