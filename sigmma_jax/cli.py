@@ -42,6 +42,19 @@ def required(*names: str) -> None:
         raise app.UsageError("missing " + ", ".join(f"--{n}" for n in missing))
 
 
+def local_paths(**paths: str) -> None:
+    """Refuses URLs for paths the run writes to: every file goes through the local filesystem API
+    (atomic renames, appends, Orbax's directory renames). Shared storage is a filesystem that every
+    host mounts (NFS, Lustre, Filestore); a `gs://` workdir would otherwise become a local folder
+    named `gs:` (launch/README.md)."""
+    for name, value in paths.items():
+        if value and "://" in str(value):
+            raise InputError(
+                f"{value}: {name} must be a filesystem path (shared storage mounted on every "
+                "host); URLs such as gs:// are not supported, see launch/README.md"
+            )
+
+
 def run(main: Callable[[list[str]], int | None], errors: tuple[type, ...] = ()) -> None:
     """`absl.app.run(main)`; bad input (or one of the command's own `errors`) ends the command with
     one line naming the problem, exit 1."""

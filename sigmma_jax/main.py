@@ -21,6 +21,7 @@ flags.DEFINE_bool("preprocess_only", False, "Write the shards and manifest, then
 def main(argv) -> None:
     del argv
     cli.required("config", "workdir")
+    cli.local_paths(workdir=FLAGS.workdir, shard_dir=FLAGS.config.data.shard_dir)
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info(
