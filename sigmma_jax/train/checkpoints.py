@@ -48,12 +48,15 @@ def backbone_config(mngr: ocp.CheckpointManager) -> dict:
     return meta["meta"]["backbone"]
 
 
-def restore(mngr: ocp.CheckpointManager, abstract: TrainState, iterator=None) -> TrainState:
-    """The latest checkpoint onto `abstract`'s shapes and shardings; `iterator` (if given) is moved
-    to the batch after it."""
+def restore(
+    mngr: ocp.CheckpointManager, abstract: TrainState, iterator=None, step: int | None = None
+) -> TrainState:
+    """The latest checkpoint (or `step`'s) onto `abstract`'s shapes and shardings; `iterator` (if
+    given) is moved to the batch after it."""
     items = dict(state=ocp.args.StandardRestore(abstract))
     if iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(**items))
+    step = mngr.latest_step() if step is None else step
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
     logging.info("resumed from step %d", int(restored["state"].step))
     return restored["state"]

@@ -2,7 +2,6 @@
 non-finite, or is sent SIGTERM."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from support.configs import REPO
 from sigmma_jax.train import health
 
 
-def _main(workdir, *overrides):
+def _main(env, workdir, *overrides):
     cmd = [
         sys.executable,
         "-m",
@@ -26,7 +25,6 @@ def _main(workdir, *overrides):
         f"--workdir={workdir}",
         *overrides,
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -41,9 +39,10 @@ def _checkpoints(workdir):
 
 
 def test_a_non_finite_run_stops_naming_the_step_and_keeps_only_finite_checkpoints(
-    tmp_path,
+    tmp_path, process_env
 ):
     p = _main(
+        process_env,
         tmp_path,
         "--config.train.lr=1e6",
         "--config.train.checkpoint_every=1",
@@ -65,8 +64,8 @@ def test_a_non_finite_run_stops_naming_the_step_and_keeps_only_finite_checkpoint
             assert np.isfinite(np.asarray(leaf)).all(), s
 
 
-def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path):
-    args = (tmp_path, "--config.train.steps=300")
+def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path, process_env):
+    args = (process_env, tmp_path, "--config.train.steps=100")
     p = _main(*args, "--config.train.checkpoint_every=1000")
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 600
@@ -79,7 +78,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path):
     assert p.returncode == 0, err[-3000:]
     assert time.time() - t < 60  # the grace period: one step and a checkpoint
     step = int(re.search(r"stopped at step (\d+) with a checkpoint", err).group(1))
-    assert 3 <= step < 300
+    assert 3 <= step < 100
     assert "parameters: backbone" in err  # counted per module at the start
     assert not (tmp_path / "results.json").exists()  # not evaluated: the run is not done
     saved = _checkpoints(tmp_path)
@@ -90,7 +89,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path):
     assert p.returncode == 0, err[-3000:]
     assert f"resumed from step {step}" in err
     records = [json.loads(l) for l in metrics.read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 301))
+    assert [r["step"] for r in records] == list(range(1, 101))
     assert (tmp_path / "results.json").exists()
     # The gradient norm per module: its parts make up the global norm.
     r = records[-1]

@@ -3,7 +3,6 @@ CPU devices each, the mesh interleaving the two processes' devices (as a pod may
 process with eight devices in id order."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,12 +19,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args, devices):
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-    )
+def _start(env, args, devices):
+    env = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "support" / "multihost.py"), *map(str, args)],
         cwd=REPO,
@@ -36,11 +31,16 @@ def _start(args, devices):
     )
 
 
-def test_two_processes_with_interleaved_devices_train_as_one_process(tiny_shards, tmp_path):
+def test_two_processes_with_interleaved_devices_train_as_one_process(
+    tiny_shards, tmp_path, process_env
+):
     config, _ = tiny_shards
     shard_dir, port = config.data.shard_dir, _free_port()
-    procs = [_start([i, 2, port, tmp_path / "two", shard_dir, "interleaved"], 4) for i in range(2)]
-    procs.append(_start([0, 1, 0, tmp_path / "one", shard_dir, "ids"], 8))
+    procs = [
+        _start(process_env, [i, 2, port, tmp_path / "two", shard_dir, "interleaved"], 4)
+        for i in range(2)
+    ]
+    procs.append(_start(process_env, [0, 1, 0, tmp_path / "one", shard_dir, "ids"], 8))
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]
