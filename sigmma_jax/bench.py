@@ -3,6 +3,9 @@
     python -m sigmma_jax.bench encoder      # HE backbone speed and memory vs timm
     python -m sigmma_jax.bench parity       # full-size weight port vs timm
     python -m sigmma_jax.bench preprocess   # full-slide preprocessing: tiles/s, cells/s, peak RSS
+    python -m sigmma_jax.bench step --config=configs/default.py --step_devices=8   # will it fit?
+    python -m sigmma_jax.bench recovery --config=configs/demo.py --kills=20   # SIGKILL, rerun, compare
+    python -m sigmma_jax.bench loss_noise --config=configs/demo.py --workdir=W  # loss swings: why
 
 Figures and the commands that made them: docs/benchmarks.md. How: `sigmma_jax.tools.bench`.
 """

@@ -56,6 +56,19 @@ def required(*names: str) -> None:
         raise app.UsageError("missing " + ", ".join(f"--{n}" for n in missing))
 
 
+def local_paths(**paths: str) -> None:
+    """Refuses URLs for paths the run writes to: every file goes through the local filesystem API
+    (atomic renames, appends, Orbax's directory renames). Shared storage is a filesystem that every
+    host mounts (NFS, Lustre, Filestore); a `gs://` workdir would otherwise become a local folder
+    named `gs:` (launch/README.md)."""
+    for name, value in paths.items():
+        if value and "://" in str(value):
+            raise InputError(
+                f"{value}: {name} must be a filesystem path (shared storage mounted on every "
+                "host); URLs such as gs:// are not supported, see launch/README.md"
+            )
+
+
 def _say(message: str) -> None:
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
 
@@ -124,8 +137,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(USAGE_EXIT)
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-    """`absl.app.run(main)`; every mistake ends the command with one line (module docstring)."""
+def run(main: Callable[[list[str]], int | None], errors: tuple[type, ...] = ()) -> None:
+    """`absl.app.run(main)`; every mistake ends the command with one line (module docstring), as
+    does one of the command's own `errors` (exit 1)."""
 
     def wrapped(argv):
         from absl import logging as absl_logging
@@ -139,7 +153,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
         except ConfigError as e:
             _say(str(e))
             return USAGE_EXIT
-        except InputError as e:
+        except (InputError, *errors) as e:
             _say(str(e))
             return ERROR_EXIT
         except OSError as e:

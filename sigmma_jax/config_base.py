@@ -72,7 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.backbone_weights = "weights/uni"
     m.backbone_mode = "full"  # "frozen" | "last_k" | "full"
     m.backbone_last_k = 4  # blocks trained in "last_k" mode (and the final norm)
-    m.remat = False
+    # Rematerialise each backbone block in the backward pass. Paper scale needs it: 64 tiles are
+    # 1,344 crops per step, 168 per device on 8 GPUs, and full fine-tuning of UNI at 168 crops runs
+    # out of memory on an 80 GB H100 without it (6.2 GiB with it, docs/benchmarks.md); check a
+    # config with `python -m sigmma_jax.bench step --config=...` before launching it.
+    m.remat = True
     m.dtype = "bfloat16"  # compute dtype of the HE encoder; params stay float32
     m.attn_impl = ""  # "" lets XLA choose; "cudnn": fused attention on NVIDIA GPUs (bf16)
     m.st = ml_collections.ConfigDict(
@@ -144,6 +148,7 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.backbone, c.model.backbone_weights = "vit", ""
     c.model.embed_dim = 64
     c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
+    c.model.remat = False  # a small model fits; on CPUs remat recomputes without saving memory
     c.model.st.update(dict(hidden=64, edge_hidden=16))
     c.data.node_budget = 160
     c.data.workers = 2

@@ -1,7 +1,9 @@
 """Entry point: `python -m sigmma_jax.main --config=configs/demo.py --workdir=DIR`.
 
 Preprocesses (when shards are missing), trains (resuming from the workdir's latest checkpoint) and
-evaluates; results land in DIR/results.json, DIR/results.md and DIR/plots/.
+evaluates; results land in DIR/results.json, DIR/results.md and DIR/plots/. SIGTERM or Ctrl-C during
+training saves a checkpoint and exits 0 (rerun to continue); a non-finite loss or gradient stops the
+run with one line naming the step, exit 1.
 """
 
 import jax
@@ -9,7 +11,7 @@ from absl import flags, logging
 
 from sigmma_jax import cli, config_check
 from sigmma_jax.data import shards
-from sigmma_jax.train import loop
+from sigmma_jax.train import health, loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -20,6 +22,7 @@ def main(argv) -> None:
     del argv
     cli.required("config", "workdir")
     config_check.validate(FLAGS.config)  # before anything starts (JAX, the distributed runtime)
+    cli.local_paths(workdir=FLAGS.workdir, shard_dir=FLAGS.config.data.shard_dir)
     if FLAGS.distributed:
         jax.distributed.initialize()
     logging.info(
@@ -36,4 +39,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, errors=(health.NonFinite,))

@@ -1,4 +1,9 @@
-"""The device mesh of a run: a 1-D ('data',) mesh; batches are split along it, parameters replicated."""
+"""The device mesh of a run: a 1-D ('data',) mesh; batches are split along it, parameters replicated.
+
+Which rows of a global batch a process supplies follows from where its devices sit in the mesh
+(`process_rows`), never from its process index: on a pod or a cluster the mesh need not list each
+process's devices as consecutive rows.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +34,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def data_parallel(mesh: Mesh) -> NamedSharding:
     """The leading (batch) axis split over the mesh's data axis."""
     return NamedSharding(mesh, P("data"))
+
+
+def process_rows(mesh: Mesh, n: int) -> np.ndarray:
+    """The rows of an n-row batch split along 'data' that this process's devices hold, in the order
+    `jax.make_array_from_process_local_data` reads them from the process's local batch (ascending)."""
+    split = data_parallel(mesh)
+    rows = set()
+    for index in split.addressable_devices_indices_map((n,)).values():
+        rows.update(range(*index[0].indices(n)))
+    return np.asarray(sorted(rows), np.int64)

@@ -24,3 +24,18 @@ def tiny_shards(tmp_path_factory):
     config = tiny_config(root / "shards")
     manifest = shard_set.preprocess(config, root)
     return config, manifest
+
+
+@pytest.fixture(scope="session")
+def process_env(tmp_path_factory):
+    """The environment of commands the tests start as processes: `tests` importable (configs such
+    as tests/support/tiny.py) and one JAX compilation cache for the session, so a program compiles
+    once however many processes run it."""
+    from support.configs import REPO
+
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )

@@ -110,13 +110,16 @@ class EdgeSampler(nn.Module):
 
 
 def dense_tiles(graph: jraph.GraphsTuple):
-    """Per-tile views of a fixed-slot batch: counts (B,N,G), mask (B,N), blocks (B,N,2), adj (B,N,N)."""
+    """Per-tile views of a fixed-slot batch: counts (B,N,G), mask (B,N), blocks (B,N,2), adj (B,N,N).
+
+    Senders and receivers are local to their tile's slot (`data.input_pipeline.collate`), so a tile's
+    graph does not depend on where the mesh puts it in the global batch.
+    """
     b = graph.n_node.shape[0]
     n = graph.nodes["mask"].shape[0] // b
     e = graph.senders.shape[0] // b
-    base = (jnp.arange(b) * n)[:, None]
-    snd = graph.senders.reshape(b, e) - base
-    rcv = graph.receivers.reshape(b, e) - base
+    snd = graph.senders.reshape(b, e)
+    rcv = graph.receivers.reshape(b, e)
     w = graph.edges["mask"].reshape(b, e).astype(jnp.float32)
     # Row = receiving cell, column = sending cell; padded edges carry weight 0.
     adj = jax.vmap(lambda s, r, w: jnp.zeros((n, n)).at[r, s].max(w))(snd, rcv, w)

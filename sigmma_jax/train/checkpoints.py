@@ -56,6 +56,7 @@ def save(
     the model without the converted weights' directory. Raises `save_error` when it cannot start
     (wait for the previous save first: Orbax waits for it here, and its failure would name this
     step)."""
+    logging.info("saving checkpoint %d", step)
     meta = dict(step=step, config=config.to_json(), backbone=backbone)
     try:
         mngr.save(
@@ -92,15 +93,15 @@ def backbone_config(mngr: ocp.CheckpointManager) -> dict:
     return meta["meta"]["backbone"]
 
 
-def restore(mngr: ocp.CheckpointManager, abstract: TrainState, iterator) -> TrainState:
-    """The latest checkpoint onto `abstract`'s shapes and shardings; `iterator` is moved to the
-    batch after it."""
-    restored = mngr.restore(
-        mngr.latest_step(),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-        ),
-    )
+def restore(
+    mngr: ocp.CheckpointManager, abstract: TrainState, iterator=None, step: int | None = None
+) -> TrainState:
+    """The latest checkpoint (or `step`'s) onto `abstract`'s shapes and shardings; `iterator` (if
+    given) is moved to the batch after it."""
+    items = dict(state=ocp.args.StandardRestore(abstract))
+    if iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+    step = mngr.latest_step() if step is None else step
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
     logging.info("resumed from step %d", int(restored["state"].step))
     return restored["state"]

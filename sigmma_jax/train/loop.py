@@ -26,7 +26,7 @@ from sigmma_jax.data import input_pipeline, shards
 from sigmma_jax.evaluation import inference, report
 from sigmma_jax.models import backbones, sigmma
 from sigmma_jax.scales import SCALES
-from sigmma_jax.train import checkpoints, metrics, optimizer
+from sigmma_jax.train import checkpoints, health, metrics, optimizer
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
 from sigmma_jax.workdir import lock as lock_dir
@@ -50,6 +50,7 @@ class Evaluator:
         self.args = (shards.shard_dir(config, workdir), manifest, config, mesh)
 
     def __call__(self, params) -> dict:
+        logging.info("evaluating %s", "/".join(self.args[2].evals))
         return evaluation.evaluate(self.apply, params, *self.args)
 
 
@@ -58,6 +59,7 @@ class Trained(NamedTuple):
     state: state_lib.TrainState
     evaluate: Evaluator
     initial: dict | None  # the initial model's results; None when this call resumed
+    preempted: bool = False  # stopped by SIGTERM / SIGINT after saving a checkpoint
 
 
 def train(
@@ -67,7 +69,11 @@ def train(
     mesh: Mesh,
     stop_after: int | None = None,
 ) -> Trained:
-    """Trains to config.train.steps (or `stop_after` steps, to simulate an interruption)."""
+    """Trains to config.train.steps (or `stop_after` steps, to simulate an interruption).
+
+    Stops early, after saving a checkpoint, on SIGTERM or SIGINT (`Trained.preempted`); raises
+    `health.NonFinite` at the first step with a non-finite loss, gradient or parameter.
+    """
     workdir = pathlib.Path(workdir)
     evaluation.check(config.evals)
     mngr = checkpoints.manager(workdir, config)
@@ -82,6 +88,7 @@ def train(
         manifest,
         config.train.global_batch,
         seed=config.seed,
+        mesh=mesh,
         augment_tiles=config.data.augment,
         workers=config.data.loader_workers,
         prefetch=config.data.prefetch,
@@ -95,52 +102,91 @@ def train(
         initial = evaluate(state.params)
         if jax.process_index() == 0:
             atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
+    health.log_param_counts(state.params)
     step_fn = step_lib.make_train_step(model, tx, config, mesh, shardings)
     start = int(state.step)
     end = config.train.steps if stop_after is None else min(config.train.steps, start + stop_after)
-    writer = metrics.MetricsWriter(workdir, start)
-    lr = optimizer.lr_schedule(config)
-    t_log, tiles = time.time(), 0
-    t0 = t_log
+    log = _Progress(metrics.MetricsWriter(workdir, start), optimizer.lr_schedule(config), config)
+    saved, preempted = mngr.latest_step(), False
     saving = None  # the step whose checkpoint is being written
-    for step in range(start, end):
-        batch = input_pipeline.to_device(next(it), mesh)
-        state, m = step_fn(state, batch)
-        tiles += config.train.global_batch
-        done = step + 1
-        if done % config.train.log_every == 0 or done == end:
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            now = time.time()
-            m.update(lr=float(lr(step)), tiles_per_s=tiles / (now - t_log))
-            eta = (now - t0) / (done - start) * (end - done)
-            per = " ".join(f"{s} {m[f'loss_{s}']:.3f}" for s in SCALES if f"loss_{s}" in m)
-            logging.info(
-                "step %d/%d  loss %.4f (%s)  tau %.4f  %.1f tiles/s  ETA %.0fs",
-                done,
-                config.train.steps,
-                m["loss"],
-                per,
-                m["temperature"],
-                m["tiles_per_s"],
-                eta,
-            )
-            writer.write(done, m)
-            t_log, tiles = now, 0
-        if config.eval_every and done % config.eval_every == 0 and done < config.train.steps:
-            writer.write_evals(done, evaluate(state.params))
-        if saving is not None and checkpoints.finished(mngr, saving):  # stop at a failed save
-            saving = None
-        if done % config.train.checkpoint_every == 0 or done == end:
+
+    def save(done):
+        nonlocal saved, saving
+        if saved != done:
             if saving is not None:
                 checkpoints.wait(mngr, saving)
             checkpoints.save(mngr, done, state, it, config, backbone_config)
-            saving = done
-    checkpoints.wait(mngr, saving)
-    mngr.close()
-    writer.close()
-    if hasattr(it, "close"):
-        it.close()
-    return Trained(model, state, evaluate, initial)
+            saved = saving = done
+
+    try:
+        with health.Preemption() as preemption:
+            for step in range(start, end):
+                if preemption.requested(step):
+                    save(step)
+                    preempted = True
+                    break
+                batch = input_pipeline.to_device(next(it), mesh)
+                state, m = step_fn(state, batch)
+                done = step + 1
+                health.check(done, m)
+                log.step(done, m, last=done == end)
+                if (
+                    config.eval_every
+                    and done % config.eval_every == 0
+                    and done < config.train.steps
+                ):
+                    log.writer.write_evals(done, evaluate(state.params))
+                if saving is not None and checkpoints.finished(mngr, saving):
+                    saving = None  # a failed save stops the run here, naming its path
+                if done % config.train.checkpoint_every == 0 or done == end:
+                    save(done)
+            else:  # a signal during the last step: its checkpoint is saved, skip the evaluation
+                preempted = start < end and preemption.requested(end)
+    finally:  # a save in flight completes, whatever stopped the loop
+        try:
+            checkpoints.wait(mngr, saving)
+        finally:
+            mngr.close()
+            log.writer.close()
+            if hasattr(it, "close"):
+                it.close()
+    if preempted:
+        logging.warning("stopped at step %d with a checkpoint; rerun to continue", saved)
+    return Trained(model, state, evaluate, initial, preempted)
+
+
+class _Progress:
+    """Every `log_every` steps: a log line, metrics.jsonl and TensorBoard (with tiles/s and ETA)."""
+
+    def __init__(self, writer: metrics.MetricsWriter, lr, config: ml_collections.ConfigDict):
+        self.writer, self.lr, self.config = writer, lr, config
+        self.t0 = self.t = time.time()
+        self.first, self.tiles = None, 0
+
+    def step(self, done: int, m: dict, last: bool) -> None:
+        t = self.config.train
+        self.first = done if self.first is None else self.first
+        self.tiles += t.global_batch
+        if done % t.log_every and not last:
+            return
+        m = {k: float(v) for k, v in jax.device_get(m).items() if k != "finite"}
+        now = time.time()
+        m.update(lr=float(self.lr(done - 1)), tiles_per_s=self.tiles / (now - self.t))
+        eta = (now - self.t0) / (done - self.first + 1) * (t.steps - done)
+        per = " ".join(f"{s} {m[f'loss_{s}']:.3f}" for s in SCALES if f"loss_{s}" in m)
+        logging.info(
+            "step %d/%d  loss %.4f (%s)  tau %.4f  grad norm %.3g  %.1f tiles/s  ETA %.0fs",
+            done,
+            t.steps,
+            m["loss"],
+            per,
+            m["temperature"],
+            m["grad_norm"],
+            m["tiles_per_s"],
+            eta,
+        )
+        self.writer.write(done, m)
+        self.t, self.tiles = now, 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
@@ -171,6 +217,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         manifest["budgets"],
     )
     run = train(config, workdir, manifest, mesh)
+    if run.preempted:
+        return {}
     t0 = time.time()
     logging.info(
         "evaluating the trained model (%s) on %d test tiles",

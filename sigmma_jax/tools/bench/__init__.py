@@ -3,10 +3,16 @@
 A new benchmark is a module with its flags and `run(flags) -> int`, plus its line in `BENCHMARKS`.
 """
 
-from sigmma_jax.tools.bench import encoder, parity, preprocess
+from sigmma_jax.tools.bench import encoder, loss_noise, parity, preprocess, recovery, step
 
 BENCHMARKS = {
     "encoder": (encoder.run, "HE backbone speed and memory vs timm"),
     "parity": (parity.run, "full-size weight port vs timm"),
     "preprocess": (preprocess.run_cli, "full-slide preprocessing: tiles/s, cells/s, peak RSS"),
+    "step": (step.run, "the whole train step compiled for N devices: memory, step time, MFU"),
+    "recovery": (
+        recovery.run,
+        "SIGKILL a run N times, rerun it, compare with an uninterrupted one",
+    ),
+    "loss_noise": (loss_noise.run, "a checkpoint's loss spread: batches vs Gumbel vs dropout"),
 }

@@ -1,0 +1,335 @@
+"""Recovery, measured: `python -m sigmma_jax.bench recovery --config=configs/demo.py --kills=20`.
+
+Runs `python -m sigmma_jax.main` on the config in a child process once without interruption (the
+reference), then in a second workdir kills it with SIGKILL (its whole process group, workers
+included, as a lost machine would) at `--kills` random moments, rerunning it in the same workdir
+after each kill until a run completes. Then every number in results.json and results_initial.json,
+every number logged in metrics.jsonl (timings aside) and every shard file are compared with the
+reference's.
+
+Each kill aims at a phase; the moment within it is random (`--kill_seed`):
+- `preprocess`: the synthetic slide's generation or the shard chunks' writing;
+- `initial_eval`: the evaluation of the model at initialisation, before the first step;
+- `train`: training, between checkpoints;
+- `checkpoint`: while an asynchronous checkpoint write is in flight (Orbax's temporary directory
+  exists at the moment of the kill);
+- `final_eval`: the evaluation after the last step.
+Phases that only a fresh workdir goes through come first. The table records where each kill
+landed (the child's last log line and whether a checkpoint write was in flight) and where the rerun
+resumed. Figures in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import flags
+
+from sigmma_jax.tools.bench.common import machine_description
+
+PHASES = ("preprocess", "initial_eval", "train", "checkpoint", "final_eval")
+# How 20 kills are spread over the phases (in this order), scaled for other counts.
+SHARE = dict(preprocess=4, initial_eval=2, train=6, checkpoint=5, final_eval=3)
+TIMINGS = re.compile(r"(^|_)(seconds|s|tiles_per_s)$")  # numbers that measure time, not results
+REPO = pathlib.Path(__file__).resolve().parents[3]
+
+flags.DEFINE_integer("kills", 20, "recovery: SIGKILLs before the run may complete.")
+flags.DEFINE_integer("kill_seed", 0, "recovery: seed of the kill moments.")
+flags.DEFINE_string(
+    "kill_phases", "", f"recovery: comma-separated phases, one per kill ({', '.join(PHASES)})."
+)
+
+_CONFIG_PY = '''"""The config of a recovery benchmark: config.json next to this file, exactly."""
+import json
+import pathlib
+
+import ml_collections
+
+
+def get_config():
+    return ml_collections.ConfigDict(
+        json.loads((pathlib.Path(__file__).parent / "config.json").read_text())
+    )
+'''
+
+
+def phases_for(kills: int) -> list[str]:
+    """`kills` phases in PHASES order, spread as SHARE (largest remainders)."""
+    total = sum(SHARE.values())
+    exact = {p: kills * SHARE[p] / total for p in PHASES}
+    n = {p: int(v) for p, v in exact.items()}
+    for p in sorted(PHASES, key=lambda p: n[p] - exact[p])[: kills - sum(n.values())]:
+        n[p] += 1
+    return [p for p in PHASES for _ in range(n[p])]
+
+
+class Child:
+    """`python -m sigmma_jax.main` in its own process group; its log lines, timed, in order."""
+
+    def __init__(self, config_py: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
+        self.t0 = time.time()
+        self.lines: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sigmma_jax.main",
+                f"--config={config_py}",
+                f"--workdir={workdir}",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._log = open(log, "w")
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append((time.time() - self.t0, line.rstrip()))
+            self._log.write(line)
+        self._log.close()
+
+    def wait_for(self, pattern: str, after: int = 0) -> int | None:
+        """Index of the first line from `after` on matching `pattern`; None if the child ends."""
+        rx = re.compile(pattern)
+        i = after
+        while True:
+            while i < len(self.lines):
+                if rx.search(self.lines[i][1]):
+                    return i
+                i += 1
+            if self.proc.poll() is not None:
+                self._reader.join()
+                if i >= len(self.lines):
+                    return None
+
+            time.sleep(0.002)
+
+    def kill(self) -> bool:
+        """SIGKILL to the whole process group; False if the child had already ended."""
+        if self.proc.poll() is not None:
+            return False
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._reader.join()
+        return True
+
+    def finish(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join()
+        return rc
+
+    def last_line(self) -> str:
+        lines = [l for _, l in self.lines if re.match(r"[IWEF]\d{4} ", l)]  # absl log lines
+        return re.sub(r"^\S+ \S+ \d+ ", "", lines[-1])[:90] if lines else "(none)"
+
+
+def _checkpoint_in_flight(workdir: pathlib.Path) -> bool:
+    return any("tmp" in p.name for p in (workdir / "checkpoints").glob("*"))
+
+
+@dataclasses.dataclass
+class Durations:
+    """Phase lengths of the reference run, in seconds: the range of the random delays."""
+
+    preprocess: float
+    initial_eval: float
+    between_checkpoints: float
+    final_eval: float
+
+    @classmethod
+    def of(cls, child: Child) -> Durations:
+        t = lambda rx, nth=0: [s for s, l in child.lines if re.search(rx, l)][nth]
+        saves = [s for s, l in child.lines if "saving checkpoint" in l]
+        gaps = [b - a for a, b in zip(saves, saves[1:])] or [t(r"evaluating", -1) - t(r"step ")]
+        return cls(
+            preprocess=t(r"\] mesh ") - t(r"\] JAX "),
+            initial_eval=t(r"\] evaluated ") - t(r"\] evaluating"),
+            between_checkpoints=sorted(gaps)[len(gaps) // 2],
+            final_eval=t(r"\] evaluated ", -1) - t(r"\] evaluating", -1),
+        )
+
+
+def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, steps: int) -> dict:
+    """Waits for `phase` in the child and kills it at a random moment in it."""
+    row = dict(phase=phase)
+    if phase == "preprocess":
+        start, delay = child.wait_for(r"\] JAX "), rng.uniform(0, d.preprocess)
+    elif phase == "initial_eval":
+        start, delay = child.wait_for(r"\] evaluating"), rng.uniform(0, 0.9 * d.initial_eval)
+    elif phase == "train":
+        start = child.wait_for(r"\] (step \d+/|resumed from step)")
+        delay = rng.uniform(0, d.between_checkpoints)
+    elif phase == "checkpoint":
+        # The next save after training starts (or resumes): a random delay first could outlast a
+        # short run's last save. Each rerun resumes further on, so the kills hit different saves.
+        start, delay = child.wait_for(r"\] (step \d+/|resumed from step)"), 0.0
+    else:  # final_eval: the evaluation after the last step (or after resuming at it)
+        end = child.wait_for(rf"\] (step {steps}/{steps} |resumed from step {steps}$)")
+        start = None if end is None else child.wait_for(r"\] evaluating", end)
+        delay = rng.uniform(0, 0.9 * d.final_eval)
+    if start is None:
+        return dict(row, killed=False)
+    t_kill = child.lines[start][0] + delay
+    while time.time() - child.t0 < t_kill and child.proc.poll() is None:
+        time.sleep(0.002)
+    if phase == "checkpoint":  # the next save: kill while its temporary directory exists
+        workdir = pathlib.Path(child.proc.args[-1].split("=", 1)[1])
+        i = child.wait_for(r"saving checkpoint", start)
+        deadline = time.time() + 10
+        while i is not None and not _checkpoint_in_flight(workdir) and time.time() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.005))
+        row["write_in_flight"] = _checkpoint_in_flight(workdir)
+    row["last_line"] = child.last_line()
+    row["at_s"] = round(time.time() - child.t0, 2)
+    row["killed"] = child.kill()
+    return row
+
+
+def numbers(obj, prefix: str = "") -> dict[str, float]:
+    """Every number in a JSON tree by path, timings left out."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not TIMINGS.search(str(k)):
+                out.update(numbers(v, f"{prefix}/{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(numbers(v, f"{prefix}[{i}]"))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix] = float(obj)
+    return out
+
+
+def _outputs(workdir: pathlib.Path) -> dict[str, float]:
+    from sigmma_jax.train import metrics
+
+    out = {}
+    for name in ("results.json", "results_initial.json"):
+        out.update(numbers(json.loads((workdir / name).read_text()), name))
+    for r in metrics.read_history(workdir / "metrics.jsonl"):
+        out.update(numbers(r, f"metrics.jsonl/step {r['step']}"))
+    for p in sorted((workdir / "shards").glob("*.array_record")):
+        out[f"shards/{p.name} (sha256 prefix)"] = int(
+            hashlib.sha256(p.read_bytes()).hexdigest()[:12], 16
+        )
+    return out
+
+
+def compare(reference: pathlib.Path, recovered: pathlib.Path) -> dict:
+    a, b = _outputs(reference), _outputs(recovered)
+    common = sorted(set(a) & set(b))
+    differ = [k for k in common if a[k] != b[k]]
+    return dict(
+        numbers=len(common),
+        only_reference=sorted(set(a) - set(b))[:10],
+        only_recovered=sorted(set(b) - set(a))[:10],
+        differ=len(differ),
+        first_differences=[(k, a[k], b[k]) for k in differ[:10]],
+        max_abs_diff=max((abs(a[k] - b[k]) for k in differ), default=0.0),
+        logged_losses=sum(1 for k in common if k.startswith("metrics.jsonl") and "/loss" in k),
+        identical=not differ and set(a) == set(b),
+    )
+
+
+def measure(config, root: pathlib.Path, phases: list[str], seed: int, timeout: float = 3600):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config.to_json())
+    (root / "config.py").write_text(_CONFIG_PY)
+    steps = config.train.steps
+    t0 = time.time()
+    ref = Child(root / "config.py", root / "reference", root / "reference.log")
+    if ref.finish(timeout):
+        raise RuntimeError(f"the reference run failed: see {root / 'reference.log'}")
+    reference_s = time.time() - t0
+    durations = Durations.of(ref)
+    rng = random.Random(seed)
+    rows, t0 = [], time.time()
+    workdir = root / "recovered"
+    for i, phase in enumerate(phases):
+        child = Child(root / "config.py", workdir, root / f"run_{i:02d}.log")
+        row = _kill_in(child, phase, durations, rng, steps)
+        if not row["killed"]:
+            child.finish(timeout)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    child = Child(root / "config.py", workdir, root / f"run_{len(phases):02d}.log")
+    if child.finish(timeout):
+        raise RuntimeError(f"the last rerun failed: see {root / f'run_{len(phases):02d}.log'}")
+    # Where each rerun started: the line after which it resumed.
+    for i, row in enumerate(rows):
+        log = (root / f"run_{i + 1:02d}.log").read_text()
+        m = re.search(r"resumed from step (\d+)", log)
+        row["rerun_resumed_from"] = int(m.group(1)) if m else None
+        row["rerun_chunks_left"] = (
+            int(m.group(1)) if (m := re.search(r"preprocessing (\d+) chunks", log)) else 0
+        )
+    return dict(
+        kills=rows,
+        reruns=len(phases) + 1,
+        reference_s=round(reference_s, 1),
+        recovered_s=round(time.time() - t0, 1),
+        durations=dataclasses.asdict(durations),
+        comparison=compare(root / "reference", workdir),
+    )
+
+
+def run(a) -> int:
+    from sigmma_jax import cli
+
+    cli.required("config")
+    phases = a.kill_phases.split(",") if a.kill_phases else phases_for(a.kills)
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        raise ValueError(f"unknown phases {unknown}; known: {', '.join(PHASES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = measure(a.config, pathlib.Path(a.workdir or tmp), phases, a.kill_seed)
+    r["date"] = datetime.date.today().isoformat()
+    r["machine"] = machine_description()
+    print(json.dumps(r))
+    if a.out:
+        pathlib.Path(a.out).write_text(json.dumps(r, indent=1))
+    print(markdown_table(r))
+    return 0 if r["comparison"]["identical"] else 1
+
+
+def markdown_table(r: dict) -> str:
+    lines = [
+        "| # | aimed at | killed at (s) | last log line before the kill | write in flight | "
+        "rerun: chunks left | rerun: resumed from step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, k in enumerate(r["kills"], 1):
+        flight = {True: "yes", False: "no"}.get(k.get("write_in_flight"), "")
+        lines.append(
+            f"| {i} | {k['phase']} | {k.get('at_s', '')} | `{k.get('last_line', 'not killed')}` "
+            f"| {flight} | {k.get('rerun_chunks_left', '')} | {k.get('rerun_resumed_from') or '-'} |"
+        )
+    c = r["comparison"]
+    verdict = (
+        "identical"
+        if c["identical"]
+        else f"{c['differ']} differ (max abs diff {c['max_abs_diff']:.3g})"
+    )
+    lines.append(
+        f"\n{c['numbers']} numbers compared ({c['logged_losses']} logged losses): {verdict}"
+    )
+    return "\n".join(lines)
