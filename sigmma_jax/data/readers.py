@@ -50,9 +50,10 @@ class WSI:
         try:
             self._tif = tifffile.TiffFile(self.path)
             series = self._tif.series[0]
-            self._level0 = zarr.open(series.aszarr(), mode="r")
-            if isinstance(self._level0, zarr.Group):  # pyramidal: one array per level
-                self._level0 = self._level0["0"]
+            self._levels = zarr.open(series.aszarr(), mode="r")
+            self._level0 = self._levels
+            if isinstance(self._levels, zarr.Group):  # pyramidal: one array per level
+                self._level0 = self._levels["0"]
         except Exception as e:  # tifffile raises many types on damaged files
             raise InputError(f"{self.path}: cannot open as TIFF ({type(e).__name__}: {e})") from e
         shape = self._level0.shape
@@ -78,6 +79,24 @@ class WSI:
 
     def pixel_size_um(self) -> float | None:
         return tiff_pixel_size_um(self._tif)
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """(RGB uint8 overview of at most `max_side` px a side, level-0 px per overview px).
+
+        Read from the smallest pyramid level at least `max_side` px a side (level 0 when none is),
+        with a stride through that level for the rest: memory stays at the overview's size.
+        """
+        levels = [self._level0]
+        if isinstance(self._levels, zarr.Group):
+            levels = [self._levels[k] for k in sorted(self._levels.array_keys(), key=int)]
+        big = [a for a in levels if max(a.shape[:2]) >= max_side] or levels[:1]
+        level = min(big, key=lambda a: a.shape[0])
+        step = max(1, -(-max(level.shape[:2]) // max_side))
+        try:
+            img = _to_uint8_rgb(np.asarray(level[::step, ::step]))
+        except Exception as e:
+            raise InputError(f"{self.path}: cannot decode an overview ({type(e).__name__}: {e})")
+        return img, self.shape[1] / img.shape[1]
 
     @property
     def n_levels(self) -> int:
@@ -132,15 +151,7 @@ def read_generic(
     cells_path, wsi_path = pathlib.Path(cells_path), pathlib.Path(wsi_path)
     if not cells_path.exists():
         raise InputError(f"{cells_path}: cells file not found")
-    with WSI(wsi_path) as wsi:
-        shape = wsi.shape
-        found = wsi.pixel_size_um()
-    pixel_size_um = pixel_size_um or found
-    if not pixel_size_um or pixel_size_um <= 0:
-        raise InputError(
-            f"{wsi_path}: no pixel size in the OME/TIFF metadata; pass "
-            "--config.data.pixel_size_um=<µm per level-0 pixel>"
-        )
+    shape, pixel_size_um = _wsi_geometry(wsi_path, pixel_size_um)
     try:
         adata = anndata.read_h5ad(cells_path)
     except Exception as e:
@@ -161,6 +172,48 @@ def read_generic(
         np.asarray(adata.obs_names, str),
         source=cells_path,
     )
+
+
+def _wsi_geometry(wsi_path: pathlib.Path, pixel_size_um: float) -> tuple[tuple[int, int], float]:
+    """(level-0 shape, µm per pixel): the given pixel size, else the OME/TIFF metadata's."""
+    with WSI(wsi_path) as wsi:
+        shape = wsi.shape
+        found = wsi.pixel_size_um()
+    pixel_size_um = pixel_size_um or found
+    if not pixel_size_um or pixel_size_um <= 0:
+        raise InputError(
+            f"{wsi_path}: no pixel size in the OME/TIFF metadata; pass "
+            "--config.data.pixel_size_um=<µm per level-0 pixel>"
+        )
+    return shape, float(pixel_size_um)
+
+
+def read_wsi_only(
+    wsi_path: str | pathlib.Path, genes, pixel_size_um: float = 0.0, name: str | None = None
+) -> Slide:
+    """An H&E image without cells (a trained model predicts its expression from the pixels): a
+    Slide with no cells over the panel `genes`, named after the file unless `name` is given."""
+    wsi_path = pathlib.Path(wsi_path)
+    shape, pixel_size_um = _wsi_geometry(wsi_path, pixel_size_um)
+    return Slide(
+        name=name or wsi_path.name.split(".")[0],
+        wsi_path=wsi_path,
+        pixel_size_um=pixel_size_um,
+        image_shape=shape,
+        xy=np.zeros((0, 2)),
+        counts=sp.csr_matrix((0, len(genes)), dtype=np.float32),
+        genes=np.asarray(genes, str),
+        cell_ids=np.zeros(0, str),
+    )
+
+
+def read_obs(cells_path: str | pathlib.Path):
+    """The `obs` table of a cells .h5ad (its columns, indexed by cell id), without reading X."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(cells_path, "r") as f:
+        return read_elem(f["obs"])
 
 
 def check_unique(ids: np.ndarray, source, what: str = "cell ids") -> None:

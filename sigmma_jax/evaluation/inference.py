@@ -1,4 +1,5 @@
-"""Embeddings of a split's tiles with given parameters: the one place evaluation runs the model.
+"""Embeddings of a split's tiles with given parameters: the one place evaluation (and the embedding of
+new slides, `sigmma_jax.analysis.embed`) runs the model.
 
 The jitted function is compiled once per run and returns replicated outputs, so every host can read
 the global batch; `valid` marks the real tiles of the last, padded batch.
@@ -16,14 +17,28 @@ from jax.sharding import Mesh
 
 from sigmma_jax import sharding
 from sigmma_jax.data import input_pipeline
+from sigmma_jax.scales import SCALES
 
 
-def make_embed_fn(model, mesh: Mesh):
-    """Jitted inference (params, batch) -> the model's outputs, replicated."""
-    return jax.jit(
-        lambda p, b: model.apply({"params": p}, b, train=False),
-        out_shardings=sharding.replicated(mesh),
+def make_embed_fn(model, mesh: Mesh, mode: str = "tiles"):
+    """Jitted inference (params, batch) -> outputs, replicated.
+
+    mode "tiles": the model's outputs; "cells": those and "nodes", {scale: (B, N, hidden)} each
+    cell slot's state after that stage of the graph ST tower (padded slots included); "he": the HE
+    tower alone on batch["image"] ({"he", "he_backbone"}; a slide without cells).
+    """
+
+    def cells(p, b):
+        out, state = model.apply({"params": p}, b, train=False, mutable=["intermediates"])
+        sown = state["intermediates"]["st"]
+        return dict(out, nodes={s: sown[f"nodes_{s}"][0] for s in SCALES})
+
+    fns = dict(
+        tiles=lambda p, b: model.apply({"params": p}, b, train=False),
+        cells=cells,
+        he=lambda p, b: model.apply({"params": p}, b["image"], method="encode_he"),
     )
+    return jax.jit(fns[mode], out_shardings=sharding.replicated(mesh))
 
 
 def embed_split(

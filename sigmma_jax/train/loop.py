@@ -4,7 +4,8 @@ One jitted step with explicit shardings on a mesh: data sharded along 'data', pa
 optimizer state replicated. The first state comes from the workdir's latest checkpoint if there is
 one, else from initialisation and converted weights (`train.state`). The model at initialisation is
 evaluated before the first step and its results kept in the workdir, so a resumed run never rebuilds
-it (nor reads converted weights again).
+it (nor reads converted weights again). A run leaves what using the model on other slides needs:
+`run.json` (config and manifest, `train.run_info`) and `predictors.npz` (`evaluation.predictors`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from jax.sharding import Mesh
 
 from sigmma_jax import atomic, evaluation, sharding
 from sigmma_jax.data import input_pipeline, shards
-from sigmma_jax.evaluation import inference, report
+from sigmma_jax.evaluation import inference, predictors, report
 from sigmma_jax.models import backbones, sigmma
 from sigmma_jax.scales import SCALES
-from sigmma_jax.train import checkpoints, metrics, optimizer
+from sigmma_jax.train import checkpoints, metrics, optimizer, run_info
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
 
@@ -47,8 +48,12 @@ class Evaluator:
         self.apply = inference.make_embed_fn(model, mesh)
         self.args = (shards.shard_dir(config, workdir), manifest, config, mesh)
 
-    def __call__(self, params) -> dict:
-        return evaluation.evaluate(self.apply, params, *self.args)
+    def embed(self, params, splits) -> dict:
+        """{split: embeddings} of `params` (`evaluation.embed`)."""
+        return evaluation.embed(self.apply, params, *self.args, splits)
+
+    def __call__(self, params, embeddings: dict | None = None) -> dict:
+        return evaluation.evaluate(self.apply, params, *self.args, embeddings)
 
 
 class Trained(NamedTuple):
@@ -146,6 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         shards.preprocess(config, workdir)
     multihost_utils.sync_global_devices("preprocessed")
     manifest = shards.read_manifest(shards.shard_dir(config, workdir))
+    if jax.process_index() == 0:
+        run_info.write(workdir, config, manifest)
     mesh = sharding.make_mesh(config)
     logging.info(
         "mesh %s; %d train / %d test tiles; budgets %s",
@@ -156,7 +163,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     )
     run = train(config, workdir, manifest, mesh)
     t0 = time.time()
-    trained = run.evaluate(run.state.params)
+    # The training split is embedded whatever the evaluators: the predictors are fitted on it.
+    need = list(dict.fromkeys([*evaluation.splits(config.evals), "train"]))
+    embeddings = run.evaluate.embed(run.state.params, need)
+    trained = run.evaluate(run.state.params, embeddings)
     initial = run.initial
     if initial is None:  # resumed: the initial model was evaluated by the run that started it
         initial = json.loads((workdir / INITIAL_RESULTS).read_text())
@@ -170,5 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         preprocessing=manifest["report"],
     )
     if jax.process_index() == 0:
+        fitted = predictors.fit(embeddings["train"], manifest["genes"], config)
+        predictors.save(workdir / predictors.FILE, fitted)
         report.write_results(workdir, results, metrics.read_history(workdir / "metrics.jsonl"))
     return results
