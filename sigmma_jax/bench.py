@@ -3,6 +3,7 @@
     python -m sigmma_jax.bench encoder      # HE backbone speed and memory vs timm
     python -m sigmma_jax.bench parity       # full-size weight port vs timm
     python -m sigmma_jax.bench preprocess   # full-slide preprocessing: tiles/s, cells/s, peak RSS
+    python -m sigmma_jax.bench embed --run=RUN  # a trained run on a whole slide, then clusters
 
 Figures and the commands that made them: docs/benchmarks.md. How: `sigmma_jax.tools.bench`.
 """

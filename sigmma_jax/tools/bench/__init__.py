@@ -3,10 +3,11 @@
 A new benchmark is a module with its flags and `run(flags) -> int`, plus its line in `BENCHMARKS`.
 """
 
-from sigmma_jax.tools.bench import encoder, parity, preprocess
+from sigmma_jax.tools.bench import embed, encoder, parity, preprocess
 
 BENCHMARKS = {
     "encoder": (encoder.run, "HE backbone speed and memory vs timm"),
     "parity": (parity.run, "full-size weight port vs timm"),
     "preprocess": (preprocess.run_cli, "full-slide preprocessing: tiles/s, cells/s, peak RSS"),
+    "embed": (embed.run_cli, "a trained run on a whole slide: tiles/s, cells/s, peak RSS"),
 }
