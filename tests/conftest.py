@@ -29,7 +29,7 @@ def tiny_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """configs/demo.py shrunk to seconds, trained and evaluated once for the session, with a node
-    budget (64) below the cell count of some tiles: (run directory, config)."""
+    budget (96) below the cell count of some tiles: (run directory, config)."""
     from support.configs import load_config, shrink
 
     from sigmma_jax.train import loop
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
     c = shrink(load_config("demo"))
     c.data.synthetic.update(size_um=1024.0, n_genes=40)
     c.data.split.block_tiles = 2
-    c.data.node_budget = 64
+    c.data.node_budget = 96
     root = tmp_path_factory.mktemp("tiny_run")
     loop.train_and_evaluate(c, root)
     return root, c

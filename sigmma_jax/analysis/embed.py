@@ -168,7 +168,7 @@ def _run_model(run: Run, c, mesh, manifest: dict, mode: str, tmp: pathlib.Path):
     source = grain.sources.ArrayRecordDataSource([str(shard_dir / s) for s in manifest["shards"]])
     batches = _batches(source, tiles, c.eval.batch, run.manifest["budgets"]["nodes"], mode)
     bar = tqdm.tqdm(total=len(tiles), desc="embed", unit="tile", smoothing=0.1)
-    t0 = time.time()
+    t0, done = time.time(), 0
     for chunk, recs, batch in _prefetch(batches):
         out = jax.device_get(apply(run.params, input_pipeline.to_device(batch, mesh)))
         k = len(chunk)
@@ -188,9 +188,8 @@ def _run_model(run: Run, c, mesh, manifest: dict, mode: str, tmp: pathlib.Path):
                     )
                 per_cell[s][offsets[i] : offsets[i + 1]] = v[j, : n_cells[i]]
         bar.update(k)
-        bar.set_postfix(
-            cells_per_s=f"{n_cells[chunk].sum() / max(bar.format_dict['elapsed'], 1e-9):,.0f}"
-        )
+        done += int(n_cells[chunk].sum())
+        bar.set_postfix(cells_per_s=f"{done / max(time.time() - t0, 1e-9):,.0f}")
     bar.close()
     seconds = time.time() - t0
     logging.info(
@@ -291,18 +290,19 @@ def _cells_adata(manifest, slides, obs_tables, per_cell, counts, ids):
         index=cell_ids,
     )
     xy = np.zeros((len(cell_ids), 2))
-    joined = []
+    joined = []  # the input's columns, joined on the ids slide by slide, indexed by row position
     for slide, table in zip(slides, obs_tables):
-        sel = slide_of == slide.name
-        rows = pd.Index(slide.cell_ids).get_indexer(cell_ids[sel])
-        xy[sel] = slide.xy[rows]
-        part = table.reindex(pd.Index(cell_ids[sel].astype(str))) if len(table.columns) else None
-        if part is not None:
-            part.index = obs.index[sel]
+        sel = np.flatnonzero(slide_of == slide.name)
+        xy[sel] = slide.xy[pd.Index(slide.cell_ids).get_indexer(cell_ids[sel])]
+        if len(table.columns):
+            part = table.reindex(pd.Index(cell_ids[sel].astype(str)))
+            part.index = sel
             joined.append(part)
     if joined:
-        extra = pd.concat(joined).reindex(obs.index)
-        obs = obs.join(extra.drop(columns=[c for c in extra.columns if c in obs.columns]))
+        extra = pd.concat(joined).reindex(np.arange(len(cell_ids)))
+        for k in extra.columns:
+            if k not in obs.columns:
+                obs[k] = extra[k].array  # by position, keeping the dtype (categories)
     if len(slides) > 1:  # ids of different slides may collide: obs_names must be unique
         obs.insert(0, "cell_id", obs.index.to_numpy())
         obs.index = pd.Index(slide_of + "/" + cell_ids, dtype=object)

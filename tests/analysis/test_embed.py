@@ -7,6 +7,7 @@ import anndata
 import grain
 import jax
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
@@ -41,9 +42,9 @@ def test_every_cell_of_every_kept_tile_is_there_under_its_input_id(tiny_embeddin
     np.testing.assert_array_equal(cells.X.toarray(), same[:, panel].X.toarray())
     for col in ("cell_type", "domain"):  # the input's columns, carried over
         assert (cells.obs[col].astype(str) == same.obs[col].astype(str)).all()
-    # Tiles over the run's node budget (64) lost cells in training, none here.
+    # Tiles over the run's node budget lost cells in training, none here.
     assert manifest["report"]["tiles_overflow_subsampled"] > 0
-    big = tiles.obs[tiles.obs["n_cells"] > 64]
+    big = tiles.obs[tiles.obs["n_cells"] > manifest["settings"]["node_budget"]]
     assert len(big) > 0
     per_tile = cells.obs["tile"].value_counts()
     assert all(per_tile[name] == n for name, n in big["n_cells"].items())
@@ -85,7 +86,7 @@ def test_embeddings_are_the_models_on_each_tile(tiny_embedding):
     test = [run.manifest["tiles"][i] for i in run.manifest["splits"]["test"]]
     rows = tiles.obs_names.get_indexer([f"{t['slide']}_{t['row']}_{t['col']}" for t in test])
     assert (rows >= 0).all()
-    small = np.array([t["n_cells"] <= 64 for t in test])
+    small = np.array([t["n_cells"] <= config.data.node_budget for t in test])
     assert small.sum() > 3
     for s in SCALES:
         np.testing.assert_allclose(tiles.obsm[f"he_{s}"][rows], ev["he"][s], atol=2e-5)
@@ -103,14 +104,13 @@ def test_embeddings_are_the_models_on_each_tile(tiny_embedding):
     )
     rec = records.decode(source[i])
     n, e = len(rec["xy"]), len(rec["senders"])
-    assert n > 64
-    one = sharding.make_mesh(config, jax.devices()[:1])
-    batch = input_pipeline.collate([input_pipeline.pad_tile(rec, n, e)])
-    got = jax.device_get(
-        inference.make_embed_fn(run.model, one, "cells")(
-            run.params, input_pipeline.to_device(batch, one)
-        )
+    assert n > config.data.node_budget
+    tile = input_pipeline.pad_tile(rec, n, e)  # a slot of exactly its size; empty tiles beside
+    batch = input_pipeline.collate(
+        [tile] + [input_pipeline.empty_tile(tile)] * (len(mesh.devices) - 1)
     )
+    apply = inference.make_embed_fn(run.model, mesh, "cells")
+    got = jax.device_get(apply(run.params, input_pipeline.to_device(batch, mesh)))
     name = tiles.obs_names[i]
     mine = cells[(cells.obs["tile"] == name).to_numpy()]
     assert mine.obs_names.tolist() == rec["cell_ids"].tolist()
@@ -199,3 +199,35 @@ def test_obs_tables_are_written_with_object_strings(tmp_path):
     anndata.AnnData(X=sp.csr_matrix((2, 1)), obs=safe).write_h5ad(tmp_path / "x.h5ad")
     back = anndata.read_h5ad(tmp_path / "x.h5ad").obs
     assert back["a"].astype(str).tolist() == ["x", "y"] and back["c"].tolist() == [1, 2]
+
+
+def test_a_xenium_bundle_is_embedded_with_its_cells_parquet_columns(tiny_embedding, tmp_path):
+    from support.xenium import rotation_affine, write_xenium_bundle, xenium_cell_ids
+
+    run, config, out = tiny_embedding
+    inp = anndata.read_h5ad(out / "slide" / "cells.h5ad")[:700]
+    with readers.WSI(out / "slide" / "slide.ome.tif") as w:
+        shape = w.shape
+    ids = xenium_cell_ids(inp.n_obs)
+    px = float(inp.uns["pixel_size_um"])
+    bundle, he, alignment = write_xenium_bundle(
+        tmp_path / "x",
+        np.asarray(inp.obsm["spatial"]),
+        inp.X.toarray(),
+        list(inp.var_names),
+        ids,
+        shape,
+        px,
+        rotation_affine(px),
+    )
+    c = config.copy_and_resolve_references()
+    c.data.update(source="xenium", xenium_dir=str(bundle), wsi=str(he), alignment=str(alignment))
+    embed.embed_slide(run, c, tmp_path / "out")
+    cells = anndata.read_h5ad(tmp_path / "out" / "cells.h5ad")
+    table = pq.read_table(bundle / "cells.parquet").to_pandas().set_index("cell_id")
+    assert cells.n_obs > 100 and set(cells.obs_names) <= set(ids)
+    for col in ("cell_area", "transcript_counts", "segmentation_method"):
+        np.testing.assert_array_equal(cells.obs[col], table.loc[cells.obs_names, col])
+    row = {c: i for i, c in enumerate(ids)}
+    want = np.asarray(inp.obsm["spatial"])[[row[c] for c in cells.obs_names]]
+    np.testing.assert_allclose(cells.obsm["spatial"], want, atol=1e-6)
