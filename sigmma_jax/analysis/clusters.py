@@ -15,6 +15,7 @@ import pathlib
 import ml_collections
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sigmma_jax import atomic
 from sigmma_jax.scales import SCALES
@@ -40,6 +41,30 @@ def representations(cells) -> dict[str, str]:
     return reps
 
 
+def knn_transformer(n_obs: int, n_neighbors: int, seed: int):
+    """scanpy's own choice of kNN search (exact below 4,096 cells: None), else pynndescent with
+    UMAP's settings as scanpy sets them, whose answer is handed over as a csr_matrix: with
+    scipy >= 1.17 pynndescent returns a csr_array, whose `getnnz` scanpy 1.11 still calls."""
+    if n_obs < 4096:
+        return None
+    from pynndescent import PyNNDescentTransformer
+
+    class Transformer(PyNNDescentTransformer):
+        def fit_transform(self, X, y=None, **kw):
+            return sp.csr_matrix(super().fit_transform(X, y, **kw))
+
+        def transform(self, X):
+            return sp.csr_matrix(super().transform(X))
+
+    return Transformer(
+        n_neighbors=n_neighbors,
+        metric="euclidean",
+        random_state=seed,
+        n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+        n_iters=max(5, round(np.log2(n_obs))),
+    )
+
+
 def leiden(cells, config: ml_collections.ConfigDict) -> dict[str, str]:
     """Leiden labels `leiden_<name>` in `cells.obs` for every representation; returns
     {name: obs key}. The neighbour graphs are dropped afterwards (large, and cheap to rebuild)."""
@@ -55,7 +80,12 @@ def leiden(cells, config: ml_collections.ConfigDict) -> dict[str, str]:
     for name, rep in representations(cells).items():
         nn = f"nn_{name}"
         sc.pp.neighbors(
-            cells, n_neighbors=a.n_neighbors, use_rep=rep, key_added=nn, random_state=a.seed
+            cells,
+            n_neighbors=a.n_neighbors,
+            use_rep=rep,
+            key_added=nn,
+            random_state=a.seed,
+            transformer=knn_transformer(cells.n_obs, a.n_neighbors, a.seed),
         )
         keys[name] = f"leiden_{name}"
         sc.tl.leiden(
