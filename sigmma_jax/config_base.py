@@ -133,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
     a.seed = 0
     a.domain_key = "domain"  # cell obs column of ground-truth domains (ARI), if present
     a.cell_type_key = "cell_type"  # cell obs column of cell types (composition heatmap), if present
-    a.genes = ()  # genes for violins and expression maps; () = the most variable of the panel
+    a.genes = ()  # genes for violins and expression maps; () = the most variable, mutually r <= 0.8
     a.n_genes = 4  # how many when `genes` is empty
     a.thumbnail_px = 1024  # the slide overview under the maps, longest side
     return c

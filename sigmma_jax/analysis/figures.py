@@ -177,8 +177,9 @@ def violins(log, key: str, genes: list[str], seed: int, path) -> pathlib.Path:
 
 
 def chosen_genes(tiles, config) -> list[str]:
-    """`analysis.genes` (refused by name if not in the panel), else the most variable ones: of the
-    observed tile expression, or of the predictions for an H&E image alone."""
+    """`analysis.genes` (refused by name if not in the panel), else the most variable genes over the
+    tiles (observed, or predicted for an H&E image alone), skipping any that correlates (r > 0.8)
+    with one already chosen, so that the figures show different programmes."""
     a = config.analysis
     panel = list(tiles.var_names)
     if a.genes:
@@ -186,8 +187,17 @@ def chosen_genes(tiles, config) -> list[str]:
         if missing:
             raise readers.InputError(f"analysis.genes not in the run's panel: {missing}")
         return list(a.genes)
-    values = tiles.layers["observed"] if "observed" in tiles.layers else tiles.X
-    return [panel[i] for i in expression.select_hvgs(np.asarray(values), a.n_genes)]
+    values = np.asarray(tiles.layers["observed"] if "observed" in tiles.layers else tiles.X)
+    chosen: list[int] = []
+    for i in expression.select_hvgs(values, len(panel)):
+        r = expression.pearson_rows(
+            values[:, chosen].T, np.repeat(values[None, :, i], len(chosen), 0)
+        )
+        if not chosen or r.max() <= 0.8:
+            chosen.append(int(i))
+        if len(chosen) == a.n_genes:
+            break
+    return [panel[i] for i in chosen]
 
 
 def expression_maps(tiles, slide: str, genes: list[str], config, path) -> pathlib.Path:
