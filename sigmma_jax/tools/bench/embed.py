@@ -3,8 +3,9 @@ figures.
 
   python -m sigmma_jax.bench embed --run=runs/demo --size_um=10000 --workers=2
 
-Generates a synthetic slide (not timed; 10 mm: 436,828 cells), then runs `sigmma_jax.embed` on it
-in a child process twice: with --nofigures (preprocessing and the model), then again (the embedding
+Generates a synthetic slide (not timed; 10 mm: 436,828 cells), or takes one in the generic format
+(--slide=DIR holding slide.ome.tif and cells.h5ad), then runs `sigmma_jax.embed` on it in a child
+process twice: with --nofigures (preprocessing and the model), then again (the embedding
 is reused: Leiden on every scale and on expression, markers and figures), sampling the resident
 memory of the process tree.
 """
@@ -17,16 +18,26 @@ import sys
 import tempfile
 import time
 
-from absl import app
+from absl import app, flags
 
 from sigmma_jax.tools.bench import common
 
+flags.DEFINE_string(
+    "slide", "", "embed: a slide folder (slide.ome.tif, cells.h5ad) instead of one made"
+)
 
-def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path) -> dict:
+
+def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path, slide_dir: str) -> dict:
     from sigmma_jax.data import synthetic
 
     t0 = time.time()
-    slide = synthetic.write_synthetic_slide(workdir / "slide", size_um=size_um)
+    if slide_dir:
+        slide = synthetic.SyntheticSlide(
+            wsi=pathlib.Path(slide_dir) / "slide.ome.tif",
+            cells=pathlib.Path(slide_dir) / "cells.h5ad",
+        )
+    else:
+        slide = synthetic.write_synthetic_slide(workdir / "slide", size_um=size_um)
     gen_s = time.time() - t0
     out = workdir / "embedding"
     cmd = [
@@ -45,7 +56,7 @@ def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path) -> di
     figures_s, figures_peak = common.run_measured(cmd)
     clusters = json.loads((out / "clusters.json").read_text())
     return dict(
-        size_um=size_um,
+        slide=slide_dir or f"synthetic {size_um:g} µm",
         cells=done["cells"],
         tiles=done["tiles"],
         workers=workers,
@@ -66,6 +77,6 @@ def run_cli(a) -> int:
     if not a.run:
         raise app.UsageError("--run=RUN_DIR: a trained run (e.g. the demo's) embeds the slide")
     with tempfile.TemporaryDirectory() as tmp:
-        r = run(a.run, a.size_um, a.workers, pathlib.Path(a.workdir or tmp))
+        r = run(a.run, a.size_um, a.workers, pathlib.Path(a.workdir or tmp), a.slide)
     common.print_result(r)
     return 0
