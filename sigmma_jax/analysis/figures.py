@@ -47,21 +47,23 @@ def palette(n: int) -> list:
     return [cols[i % len(cols)] for i in range(n)]
 
 
-def overview(tiles, slide: str, max_side: int) -> tuple[np.ndarray | None, float]:
-    """The slide's H&E overview and level-0 px per overview px (None if the image is gone)."""
+def overview(tiles, slide: str, max_side: int) -> tuple[np.ndarray | None, tuple[float, float]]:
+    """The slide's H&E overview and level-0 px per overview px in (y, x) (None if the image is
+    gone)."""
     wsi = tiles.uns["sigmma"]["wsi"][slide]
     try:
         with readers.WSI(wsi) as w:
             return w.thumbnail(max_side)
     except readers.InputError as e:
         logging.warning("no H&E under the maps: %s", e)
-        return None, 1.0
+        return None, (1.0, 1.0)
 
 
-def _on_slide(ax, image, scale: float, shape: tuple[int, int]) -> None:
+def _on_slide(ax, image, scale: tuple[float, float], shape: tuple[int, int]) -> None:
     h, w = shape
     if image is not None:
-        ax.imshow(image, extent=(0, image.shape[1] * scale, image.shape[0] * scale, 0))
+        sy, sx = scale
+        ax.imshow(image, extent=(0, image.shape[1] * sx, image.shape[0] * sy, 0))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_aspect("equal")
@@ -102,7 +104,7 @@ def cluster_maps(cells, tiles, slide: str, keys: dict[str, str], config, path) -
             handles=handles,
             loc="upper center",
             bbox_to_anchor=(0.5, -0.01),
-            ncol=min(6, len(handles)),
+            ncol=len(handles) if len(handles) <= 10 else -(-len(handles) // 2),
             fontsize=7,
             frameon=False,
             handletextpad=0.1,

@@ -80,8 +80,9 @@ class WSI:
     def pixel_size_um(self) -> float | None:
         return tiff_pixel_size_um(self._tif)
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        """(RGB uint8 overview of at most `max_side` px a side, level-0 px per overview px).
+    def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, tuple[float, float]]:
+        """(RGB uint8 overview of at most `max_side` px a side, (level-0 px per overview px in y,
+        x)).
 
         Read from the smallest pyramid level at least `max_side` px a side (level 0 when none is),
         with a stride through that level for the rest: memory stays at the overview's size.
@@ -96,7 +97,7 @@ class WSI:
             img = _to_uint8_rgb(np.asarray(level[::step, ::step]))
         except Exception as e:
             raise InputError(f"{self.path}: cannot decode an overview ({type(e).__name__}: {e})")
-        return img, self.shape[1] / img.shape[1]
+        return img, (self.shape[0] / img.shape[0], self.shape[1] / img.shape[1])
 
     @property
     def n_levels(self) -> int:
