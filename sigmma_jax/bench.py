@@ -6,6 +6,7 @@
     python -m sigmma_jax.bench step --config=configs/default.py --step_devices=8   # will it fit?
     python -m sigmma_jax.bench recovery --config=configs/demo.py --kills=20   # SIGKILL, rerun, compare
     python -m sigmma_jax.bench loss_noise --config=configs/demo.py --workdir=W  # loss swings: why
+    python -m sigmma_jax.bench embed --run=RUN  # a trained run on a whole slide, then clusters
 
 Figures and the commands that made them: docs/benchmarks.md. How: `sigmma_jax.tools.bench`.
 """

@@ -1,7 +1,7 @@
 """What every command shares: absl flags that several commands read, and `run`, which starts one.
 
-Each command (`python -m sigmma_jax.main`, `check_data`, `convert`, `bench`, `attention_maps`) is a
-small module that defines its own flags and a `main(argv)`. Flags that more than one command reads
+Each command (`python -m sigmma_jax.main`, `check_data`, `convert`, `bench`, `attention_maps`,
+`embed`) is a small module that defines its own flags and a `main(argv)`. Flags that more than one command reads
 are defined here, once: absl has one flag namespace per process, and the tests import every command.
 Spellings are snake_case throughout.
 
@@ -33,6 +33,7 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Directory for shards, checkpoints, metrics and results.")
 flags.DEFINE_string("out", None, "Where the command writes its output.")
+flags.DEFINE_string("run", None, "A run directory of `python -m sigmma_jax.main` (its --workdir).")
 flags.DEFINE_string("arch", "uni", "Backbone preset: uni, uni2-h, h-optimus-0 or resnet50.")
 flags.DEFINE_integer("img_size", 0, "Backbone input size in pixels (0: the preset's).")
 
@@ -40,12 +41,12 @@ USAGE_EXIT, ERROR_EXIT = 2, 1
 
 
 class _QuietLibraries:
-    """Orbax and Grain log every file they write at INFO; keep our progress lines readable. Orbax
-    also logs the traceback of a failed background save (several times); the run reports that
-    failure itself, in one line (`train.checkpoints`)."""
+    """Orbax and Grain log every file they write at INFO, matplotlib each categorical axis; keep our
+    progress lines readable. Orbax also logs the traceback of a failed background save (several
+    times); the run reports that failure itself, in one line (`train.checkpoints`)."""
 
     def filter(self, record) -> bool:
-        if not any(k in record.pathname for k in ("orbax", "grain")):
+        if not any(k in record.pathname for k in ("orbax", "grain", "matplotlib")):
             return True
         return record.levelno >= 30 and not record.exc_info
 

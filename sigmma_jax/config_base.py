@@ -129,6 +129,19 @@ def base_config() -> ml_collections.ConfigDict:
     e.n_genes = 50
     e.probe_embedding = "projected"  # "projected" (the model's scales, concatenated) | "backbone"
     e.knn_k = 50  # knn_expression: nearest training tiles averaged (BLEEP's predictor)
+
+    # --- using a trained run: `python -m sigmma_jax.embed` (sigmma_jax.analysis) -----------------------
+    # Only data, eval.batch, mesh and this section of the config given to `embed` are read; the
+    # model, gene panel and tile settings are the run's.
+    c.analysis = a = ml_collections.ConfigDict()
+    a.n_neighbors = 15  # scanpy neighbours of each cell, per scale
+    a.resolution = 0.5  # Leiden resolution
+    a.seed = 0
+    a.domain_key = "domain"  # cell obs column of ground-truth domains (ARI), if present
+    a.cell_type_key = "cell_type"  # cell obs column of cell types (composition heatmap), if present
+    a.genes = ()  # genes for violins and expression maps; () = the most variable, mutually r <= 0.8
+    a.n_genes = 4  # how many when `genes` is empty
+    a.thumbnail_px = 1024  # the slide overview under the maps, longest side
     return c
 
 

@@ -1,5 +1,6 @@
 """Every test runs with 8 CPU devices, so sharded paths are exercised as on a real mesh."""
 
+import logging
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -11,6 +12,17 @@ from absl import flags  # noqa: E402
 
 # Grain reads absl flags; outside absl.app.run they must be marked parsed first.
 flags.FLAGS.mark_as_parsed()
+
+
+class _Lines(logging.Handler):
+    """The messages logged at INFO and above while it is attached to the root logger."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +51,40 @@ def process_env(tmp_path_factory):
         JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """configs/demo.py shrunk to seconds, trained and evaluated once for the session, with a node
+    budget (96) below the cell count of some tiles: (run directory, config)."""
+    from support.configs import load_config, shrink
+
+    from sigmma_jax.train import loop
+
+    c = shrink(load_config("demo"))
+    c.data.synthetic.update(size_um=1024.0, n_genes=40)
+    c.data.split.block_tiles = 2
+    c.data.node_budget = 96
+    root = tmp_path_factory.mktemp("tiny_run")
+    lines, logger = _Lines(), logging.getLogger()
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        loop.train_and_evaluate(c, root)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    (root.parent / "tiny_run.log").write_text("\n".join(lines.messages))  # tests/test_main.py
+    return root, c
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding(tiny_run, tmp_path_factory):
+    """The tiny run's slide embedded by the run (`embed_slide`): (run dir, config, OUT)."""
+    from sigmma_jax.analysis import embed
+
+    run, config = tiny_run
+    out = tmp_path_factory.mktemp("embedding")
+    embed.embed_slide(run, config, out)
+    return run, config, out

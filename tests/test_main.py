@@ -1,7 +1,6 @@
 """The whole run, as `python -m sigmma_jax.main` does it, on small data."""
 
 import json
-import logging
 
 from support.configs import load_config, shrink
 from support.hest import sample
@@ -25,19 +24,17 @@ def _assert_results(workdir, n_test):
         assert (workdir / f).stat().st_size > 0
 
 
-def test_demo_config_runs_end_to_end(tmp_path, caplog):
-    c = shrink(load_config("demo"))
-    c.data.synthetic.update(size_um=1024.0, n_genes=40)
-    c.data.split.block_tiles = 2
-    with caplog.at_level(logging.INFO):
-        r = loop.train_and_evaluate(c, tmp_path)
-    _assert_results(tmp_path, r["n_test_tiles"])
+def test_demo_config_runs_end_to_end(tiny_run):
+    run, _ = tiny_run  # configs/demo.py, shrunk (tests/conftest.py)
+    r = json.loads((run / "results.json").read_text())
+    _assert_results(run, r["n_test_tiles"])
+    for f in ("run.json", "predictors.npz"):  # what using the model on other slides needs
+        assert (run / f).stat().st_size > 0
     # The run ends by saying where its results are.
+    log = (run.parent / "tiny_run.log").read_text().splitlines()
     files = ("results.md", "results.json", "plots/recall.png", "plots/training.png")
-    assert caplog.records[-1].getMessage() == "results: " + ", ".join(
-        str(tmp_path / f) for f in files
-    )
-    assert "evaluating the trained model (retrieval, probe, knn_expression)" in caplog.text
+    assert log[-1] == "results: " + ", ".join(str(run / f) for f in files)
+    assert "evaluating the trained model (retrieval, probe, knn_expression)" in "\n".join(log)
 
 
 def test_luad_config_runs_on_a_hest_folder(tmp_path):

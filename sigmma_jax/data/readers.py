@@ -263,19 +263,7 @@ def read_generic(
         raise InputError(f"{cells_path}: cells file not found")
     if cells_path.suffix.lower() in TABLE_SUFFIXES:
         raise InputError(f"{cells_path}: a table, not an AnnData .h5ad; {GENERIC_FORMAT}")
-    if pixel_size_um < 0:
-        raise InputError(
-            f"pixel size {pixel_size_um} µm/px: must be > 0 (or 0 to read it from {wsi_path})"
-        )
-    with WSI(wsi_path) as wsi:
-        shape = wsi.shape
-        found = wsi.pixel_size_um()
-    pixel_size_um = pixel_size_um or found
-    if not pixel_size_um or pixel_size_um <= 0:
-        raise InputError(
-            f"{wsi_path}: no pixel size in the OME/TIFF metadata; pass "
-            "--config.data.pixel_size_um=<µm per level-0 pixel>"
-        )
+    shape, pixel_size_um = _wsi_geometry(wsi_path, pixel_size_um)
     try:
         adata = anndata.read_h5ad(cells_path)
     except Exception as e:
@@ -322,6 +310,52 @@ def gene_names(adata, source) -> tuple[np.ndarray, str]:
         f"{source}: var_names are integers ({', '.join(names[:3])}, ...) and no var column holds "
         "gene names; put the gene names in var_names"
     )
+
+
+def _wsi_geometry(wsi_path: pathlib.Path, pixel_size_um: float) -> tuple[tuple[int, int], float]:
+    """(level-0 shape, µm per pixel): the given pixel size, else the OME/TIFF metadata's."""
+    if pixel_size_um < 0:
+        raise InputError(
+            f"pixel size {pixel_size_um} µm/px: must be > 0 (or 0 to read it from {wsi_path})"
+        )
+    with WSI(wsi_path) as wsi:
+        shape = wsi.shape
+        found = wsi.pixel_size_um()
+    pixel_size_um = pixel_size_um or found
+    if not pixel_size_um or pixel_size_um <= 0:
+        raise InputError(
+            f"{wsi_path}: no pixel size in the OME/TIFF metadata; pass "
+            "--config.data.pixel_size_um=<µm per level-0 pixel>"
+        )
+    return shape, float(pixel_size_um)
+
+
+def read_wsi_only(
+    wsi_path: str | pathlib.Path, genes, pixel_size_um: float = 0.0, name: str | None = None
+) -> Slide:
+    """An H&E image without cells (a trained model predicts its expression from the pixels): a
+    Slide with no cells over the panel `genes`, named after the file unless `name` is given."""
+    wsi_path = pathlib.Path(wsi_path)
+    shape, pixel_size_um = _wsi_geometry(wsi_path, pixel_size_um)
+    return Slide(
+        name=name or wsi_path.name.split(".")[0],
+        wsi_path=wsi_path,
+        pixel_size_um=pixel_size_um,
+        image_shape=shape,
+        xy=np.zeros((0, 2)),
+        counts=sp.csr_matrix((0, len(genes)), dtype=np.float32),
+        genes=np.asarray(genes, str),
+        cell_ids=np.zeros(0, str),
+    )
+
+
+def read_obs(cells_path: str | pathlib.Path):
+    """The `obs` table of a cells .h5ad (its columns, indexed by cell id), without reading X."""
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(cells_path, "r") as f:
+        return read_elem(f["obs"])
 
 
 def check_unique(ids: np.ndarray, source, what: str = "cell ids") -> None:

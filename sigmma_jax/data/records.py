@@ -10,7 +10,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-# Every key a record holds, with its dtype after decoding.
+# What a record holds. Bumped whenever that changes: it enters the shard hash, so a shard set written
+# by another version is refused rather than misread. 2: `cell_ids`.
+VERSION = 2
+# Every array a record holds, with its dtype after decoding.
 FIELDS = {
     "image": np.uint8,  # (m, m, 3) RGB at target_mpp
     "xy": np.float32,  # (n, 2) cell centroids in tile pixels (x, y), pixel p covers [p, p+1)
@@ -29,6 +32,8 @@ def encode(tile: dict[str, Any]) -> bytes:
     if counts.size and counts.max() < 65536 and np.all(counts == np.round(counts)):
         rec["counts"] = counts.astype(np.uint16)
     out = {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in rec.items()}
+    # The input's id of each kept cell (row order of `xy` and `counts`): results join back on it.
+    out["cell_ids"] = [str(i) for i in tile["cell_ids"]]
     out["meta"] = {k: tile["meta"][k] for k in sorted(tile["meta"])}
     return msgpack.packb(out, use_bin_type=True)
 
@@ -39,5 +44,6 @@ def decode(data: bytes) -> dict[str, Any]:
     for k, dt in FIELDS.items():
         dtype, shape, buf = rec[k]
         out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
+    out["cell_ids"] = np.asarray(rec["cell_ids"], dtype=object)
     out["meta"] = rec["meta"]
     return out

@@ -27,7 +27,6 @@ from sigmma_jax.data import graphs, readers, records, sources, tiling, validate,
 from sigmma_jax.workdir import lock as lock_dir
 
 MANIFEST = "manifest.json"
-OVERFLOW = ("subsample", "drop")  # data.overflow: what happens to a tile above the node budget
 # Settings that change what a tile record holds; a shard dir made with others is refused.
 SHARD_KEYS = (
     "target_mpp",
@@ -41,6 +40,9 @@ SHARD_KEYS = (
     "radius_px",
     "chunk_rows",
 )
+# data.overflow: what a tile with more cells than data.node_budget becomes. "keep" keeps them all
+# and the manifest's node budget grows to the largest tile (embedding a slide: every cell counts).
+OVERFLOW = ("subsample", "drop", "keep")
 
 
 def shard_dir(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
@@ -72,11 +74,14 @@ def _cells_id(s: readers.Slide) -> str:
     return h.hexdigest()[:16]
 
 
-def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
+def shard_hash(
+    config: ml_collections.ConfigDict, slides: list[readers.Slide], panel: list[str]
+) -> str:
     """The shard-defining settings and what identifies the data (not where it lies: a moved or
     copied workdir resumes)."""
     d = config.data
     ident = {k: d[k] for k in SHARD_KEYS}
+    ident.update(record_version=records.VERSION, panel=list(panel))
     ident["slides"] = [
         (s.name, _file_id(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), _cells_id(s))
         for s in slides
@@ -84,9 +89,22 @@ def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def shared_panel(slides: list[readers.Slide]) -> tuple[list[str], dict[str, int]]:
+def shared_panel(
+    slides: list[readers.Slide], panel: list[str] | None = None
+) -> tuple[list[str], dict[str, int]]:
     """Genes present in every slide, sorted (so shards do not depend on the reader's gene order);
-    and how many genes each slide loses."""
+    and how many genes each slide loses. With `panel` (a trained run's), every slide must have each
+    of its genes: a slide lacking one is refused by name, never zero-filled (docs/method.md)."""
+    if panel is not None:
+        for s in slides:
+            missing = sorted(set(panel) - set(s.genes))
+            if missing:
+                raise readers.InputError(
+                    f"slide {s.name}: {len(missing)} genes of the run's panel are missing: "
+                    + ", ".join(missing[:20])
+                    + (" ..." if len(missing) > 20 else "")
+                )
+        return list(panel), {s.name: len(s.genes) - len(panel) for s in slides}
     common = set(slides[0].genes)
     for s in slides[1:]:
         common &= set(s.genes)
@@ -106,9 +124,11 @@ class Chunk:
     slide: str
     wsi_path: pathlib.Path
     grid: tiling.TileGrid
+    rows: tuple[int, int]  # tile rows [r0, r1) of this chunk
     tile_of_cell: np.ndarray  # flat tile index per cell of this chunk
     xy: np.ndarray  # (n, 2) tile-pixel coordinates
     counts: sp.csr_matrix  # (n, panel)
+    cell_ids: np.ndarray  # (n,) the input's cell ids
     settings: dict
     shard_hash: str
     out_dir: pathlib.Path
@@ -121,6 +141,7 @@ def run_chunk(c: Chunk) -> dict:
         tiles_no_tissue=0,
         tiles_overflow_dropped=0,
         tiles_overflow_subsampled=0,
+        tiles_overflow_kept=0,
         cells_in_dropped_tiles=0,
         cells_subsampled_away=0,
         cells_kept=0,
@@ -128,9 +149,14 @@ def run_chunk(c: Chunk) -> dict:
     tiles, payload = [], []
     order = np.argsort(c.tile_of_cell, kind="stable")
     uniq, starts, sizes = np.unique(c.tile_of_cell[order], return_index=True, return_counts=True)
+    cells_of = {int(t): order[st : st + n] for t, st, n in zip(uniq, starts, sizes)}
+    visit = list(cells_of)
+    if s["min_cells"] == 0:  # every tile of the chunk's rows, with or without cells (H&E only)
+        visit = range(c.rows[0] * c.grid.cols, c.rows[1] * c.grid.cols)
     with readers.WSI(c.wsi_path) as wsi:
-        for t, st, n in zip(uniq, starts, sizes):
-            idx = order[st : st + n]
+        for t in visit:
+            idx = cells_of.get(t, np.zeros(0, np.int64))
+            n = len(idx)
             row, col = divmod(int(t), c.grid.cols)
             if n < s["min_cells"]:
                 rep["tiles_few_cells"] += 1
@@ -142,7 +168,9 @@ def run_chunk(c: Chunk) -> dict:
                 rep["cells_in_dropped_tiles"] += int(n)
                 continue
             tile_counts = np.asarray(c.counts[idx].sum(0)).ravel().astype(np.float32)
-            if n > s["node_budget"]:
+            if n > s["node_budget"] and s["overflow"] == "keep":
+                rep["tiles_overflow_kept"] += 1
+            elif n > s["node_budget"]:
                 if s["overflow"] == "drop":
                     rep["tiles_overflow_dropped"] += 1
                     rep["cells_in_dropped_tiles"] += int(n)
@@ -166,6 +194,7 @@ def run_chunk(c: Chunk) -> dict:
                         senders=snd,
                         receivers=rcv,
                         tile_counts=tile_counts,
+                        cell_ids=c.cell_ids[idx],
                         meta=meta,
                     )
                 )
@@ -221,24 +250,48 @@ def _remove_unfinished(out_dir: pathlib.Path, h: str) -> None:
         side.unlink()
 
 
-def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest."""
+def preprocess(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    slides: list[readers.Slide] | None = None,
+    panel: list[str] | None = None,
+) -> dict:
+    """Makes (or resumes, or reuses) the shard set of `config` and returns its manifest.
+
+    `slides` (default: those `config.data` names) and `panel` (default: the genes they share) are
+    given when a trained run embeds a slide: then the run's panel is the panel.
+    """
     from sigmma_jax import config_check  # the registries it reads import this module
 
     config_check.validate(config)
     with lock_dir(shard_dir(config, workdir), "shard directory") as out_dir:
-        return _preprocess(config, workdir, out_dir)
+        return _preprocess(config, workdir, out_dir, slides, panel)
 
 
-def _preprocess(config: ml_collections.ConfigDict, workdir, out_dir: pathlib.Path) -> dict:
+def _preprocess(
+    config: ml_collections.ConfigDict,
+    workdir,
+    out_dir: pathlib.Path,
+    slides: list[readers.Slide] | None,
+    panel: list[str] | None,
+) -> dict:
     d = config.data
     t0 = time.time()
-    slides = sources.load_slides(config, workdir)
-    h = shard_hash(config, slides)
+    if slides is None:
+        slides = sources.load_slides(config, workdir)
+    panel, genes_dropped = shared_panel(slides, panel)
+    h = shard_hash(config, slides, panel)
     manifest_path = out_dir / MANIFEST
     split_cfg = d.split.to_dict()
     if manifest_path.exists():
         old = json.loads(manifest_path.read_text())
+        if old.get("version") != records.VERSION:
+            raise readers.InputError(
+                f"{out_dir} holds shards of record version {old.get('version')}, written by an "
+                f"older sigmma_jax (this one writes {records.VERSION}); delete it or point "
+                "--config.data.shard_dir elsewhere to preprocess again"
+            )
         if old["shard_hash"] != h:
             raise readers.InputError(
                 f"{out_dir} holds shards made with other preprocessing settings or slides (hash "
@@ -253,7 +306,6 @@ def _preprocess(config: ml_collections.ConfigDict, workdir, out_dir: pathlib.Pat
     else:
         _remove_unfinished(out_dir, h)
 
-    panel, genes_dropped = shared_panel(slides)
     settings = {k: d[k] for k in SHARD_KEYS}
     names, todo, slide_report, surveys = [], [], {}, []
     for sv in validate.survey(slides, panel, d):
@@ -278,21 +330,25 @@ def _preprocess(config: ml_collections.ConfigDict, workdir, out_dir: pathlib.Pat
             names.append(name)
             if (out_dir / f"{name}.json").exists():  # finished by an earlier run
                 continue
-            rows = (flat >= r0 * grid.cols) & (flat < (r0 + d.chunk_rows) * grid.cols)
-            todo.append((name, slide, grid, flat, local, counts, np.flatnonzero(usable & rows)))
+            r1 = min(r0 + d.chunk_rows, grid.rows)
+            rows = (flat >= r0 * grid.cols) & (flat < r1 * grid.cols)
+            sel = np.flatnonzero(usable & rows)
+            todo.append((name, slide, grid, (r0, r1), flat, local, counts, sel))
     validate.check_candidates(surveys, config)  # before hours of work
     slide_names = [s.name for s in slides]
 
     def chunks():  # built one at a time: a chunk copies its cells' counts
-        for name, slide, grid, flat, local, counts, sel in todo:
+        for name, slide, grid, rows, flat, local, counts, sel in todo:
             yield Chunk(
                 name,
                 slide.name,
                 slide.wsi_path,
                 grid,
+                rows,
                 flat[sel],
                 local[sel],
                 counts[sel],
+                slide.cell_ids[sel],
                 settings,
                 h,
                 out_dir,
@@ -349,12 +405,15 @@ def _preprocess(config: ml_collections.ConfigDict, workdir, out_dir: pathlib.Pat
         seconds=round(time.time() - t0, 1),
     )
     manifest = dict(
-        version=1,
+        version=records.VERSION,
         shard_hash=h,
         split_config=split_cfg,
         settings=settings,
         genes=panel,
-        budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
+        budgets=dict(
+            nodes=max(d.node_budget, max(t["n_kept"] for t in tiles)),
+            edges=_round_up(max(t["n_edges"] for t in tiles), 64),
+        ),
         slides=slide_names,
         shards=shards,
         tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],

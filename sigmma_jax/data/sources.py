@@ -68,6 +68,37 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list[read
 }
 
 
+def _synthetic_obs(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list:
+    return [readers.read_obs(pathlib.Path(workdir) / "slide" / "cells.h5ad")]
+
+
+def _hest_obs(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list:
+    import pandas as pd
+
+    return [pd.DataFrame() for _ in d.sample_ids]  # HEST's transcripts carry cell ids only
+
+
+def _xenium_obs(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list:
+    from sigmma_jax.data import xenium
+
+    return [xenium.read_cells_table(d.xenium_dir)]
+
+
+# The input's own per-cell table of each slide (indexed by cell id; columns carried into results).
+OBS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list]] = {
+    "synthetic": _synthetic_obs,
+    "generic": lambda d, workdir: [readers.read_obs(d.cells)],
+    "hest": _hest_obs,
+    "xenium": _xenium_obs,
+}
+
+
+def load_obs(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list:
+    """Per slide of `load_slides` (same order), the input's cell table as a pandas DataFrame indexed
+    by cell id: the .h5ad's obs, the Xenium cells.parquet columns, nothing but ids for HEST."""
+    return OBS[config.data.source](config.data, pathlib.Path(workdir))
+
+
 def load_slides(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 ) -> list[readers.Slide]:

@@ -162,6 +162,8 @@ def check_candidates(surveys: list[Survey], config: ml_collections.ConfigDict) -
     """The split of the tiles that may pass the filters, refused as `split_tiles` refuses it, or
     when no tile has enough cells."""
     d = config.data
+    if d.min_cells == 0:  # tiles without cells count too: only the tissue filter can tell
+        return []
     tiles = [t for s in surveys for t in s.tiles]
     if not tiles:
         raise InputError(

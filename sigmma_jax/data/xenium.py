@@ -193,6 +193,19 @@ def read_cells(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, xy.astype(np.float64)
 
 
+def read_cells_table(bundle: str | Path):
+    """Every column of a bundle's cells.parquet, indexed by cell id (for joining results back)."""
+    import pyarrow.parquet as pq
+
+    path = Path(bundle) / "cells.parquet"
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as e:
+        raise readers.InputError(f"{path}: cannot read as parquet ({type(e).__name__}: {e})") from e
+    df.index = _ids(df.pop("cell_id").to_numpy())
+    return df
+
+
 def read_matrix(path: Path) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, int]:
     """(barcodes, counts CSR (barcodes x genes), gene names, n non-gene features dropped)."""
     import h5py

@@ -31,6 +31,30 @@ def check(names) -> None:
         )
 
 
+def splits(names) -> list[str]:
+    """The splits whose embeddings the evaluators `names` need."""
+    check(names)
+    return [s for s in ("test", "train", "val") if any(s in EVALUATORS[n].SPLITS for n in names)]
+
+
+def embed(
+    apply,
+    params,
+    shard_dir: str | pathlib.Path,
+    manifest: dict,
+    config: ml_collections.ConfigDict,
+    mesh,
+    names: list[str],
+) -> dict:
+    """{split: its embeddings (`inference.embed_split`)} for the splits `names`."""
+    # Imported here: the evaluators are numpy only, and importing one should not pull in JAX.
+    from sigmma_jax.evaluation import inference
+
+    return {
+        s: inference.embed_split(apply, params, shard_dir, manifest, s, config, mesh) for s in names
+    }
+
+
 def evaluate(
     apply,
     params,
@@ -38,22 +62,16 @@ def evaluate(
     manifest: dict,
     config: ml_collections.ConfigDict,
     mesh,
+    embeddings: dict | None = None,
 ) -> dict:
-    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`."""
-    # Imported here: the evaluators are numpy only, and importing one should not pull in JAX.
-    from sigmma_jax.evaluation import inference
-
-    check(config.evals)
+    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`;
+    `embeddings` (from `embed`, holding at least the splits needed) saves running the model."""
     t0 = time.time()
-    splits = [
-        s for s in ("test", "train", "val") if any(s in EVALUATORS[n].SPLITS for n in config.evals)
-    ]
-    embeddings = {
-        s: inference.embed_split(apply, params, shard_dir, manifest, s, config, mesh)
-        for s in splits
-    }
+    need = splits(config.evals)
+    if embeddings is None:
+        embeddings = embed(apply, params, shard_dir, manifest, config, mesh, need)
     results = {n: EVALUATORS[n].evaluate(embeddings, config) for n in config.evals}
-    sizes = ", ".join(f"{len(e['targets'])} {s}" for s, e in embeddings.items())
+    sizes = ", ".join(f"{len(embeddings[s]['targets'])} {s}" for s in need)
     logging.info(
         "evaluated %s on %s tiles in %.1fs", "/".join(config.evals), sizes, time.time() - t0
     )

@@ -1,4 +1,5 @@
-"""Embeddings of a split's tiles with given parameters: the one place evaluation runs the model.
+"""Embeddings of a split's tiles with given parameters: the one place evaluation (and the embedding of
+new slides, `sigmma_jax.analysis.embed`) runs the model.
 
 The jitted function is compiled once per run and returns replicated outputs, so every host reads
 the whole global batch. The batch's `valid` flags and targets come back from the same function, in
@@ -16,15 +17,34 @@ from jax.sharding import Mesh
 
 from sigmma_jax import sharding
 from sigmma_jax.data import input_pipeline
+from sigmma_jax.scales import SCALES
 
 
-def make_embed_fn(model, mesh: Mesh):
-    """Jitted inference (params, batch) -> the model's outputs with the batch's `valid` flags and
-    `tile_counts`, replicated."""
+def make_embed_fn(model, mesh: Mesh, mode: str = "tiles"):
+    """Jitted inference (params, batch) -> outputs, replicated, with the batch's `valid` flags and
+    `tile_counts` (so they come back in the outputs' order, whatever the device order).
+
+    mode "tiles": the model's outputs; "cells": those and "nodes", {scale: (B, N, hidden)} each
+    cell slot's state after that stage of the graph ST tower (padded slots included); "he": the HE
+    tower alone on batch["image"] ({"he", "he_backbone"}; a slide without cells).
+    """
+
+    def tiles(p, b):
+        return model.apply({"params": p}, b, train=False)
+
+    def cells(p, b):
+        out, state = model.apply({"params": p}, b, train=False, mutable=["intermediates"])
+        sown = state["intermediates"]["st"]
+        return dict(out, nodes={s: sown[f"nodes_{s}"][0] for s in SCALES})
+
+    def he(p, b):
+        return model.apply({"params": p}, b["image"], method="encode_he")
+
+    fn = dict(tiles=tiles, cells=cells, he=he)[mode]
 
     def embed(params, batch):
-        out = model.apply({"params": params}, batch, train=False)
-        return dict(out, **batch["graph"].globals)
+        out = fn(params, batch)
+        return dict(out, **batch["graph"].globals) if "graph" in batch else out
 
     return jax.jit(embed, out_shardings=sharding.replicated(mesh))
 

@@ -39,16 +39,18 @@ def knn_expression(
     return out
 
 
+def joint(split: dict, key: str) -> np.ndarray:
+    """A split's embeddings `key` ("he" or "st") in the joint space of all scales: the
+    concatenation of each scale's unit vectors (cosine = the mean of the scales' cosines)."""
+    return np.concatenate([l2_normalize(split[key][s]) for s in SCALES if s in split[key]], 1)
+
+
 def evaluate(embeddings: dict, config) -> dict:
-    """HE embeddings of test tiles against ST embeddings of training tiles; the scales are joined as
-    the concatenation of their unit vectors (cosine = the mean of the scales' cosines)."""
+    """HE embeddings of test tiles against ST embeddings of training tiles, in the joint space."""
     train, test = embeddings["train"], embeddings["test"]
-    unit = lambda split, key: np.concatenate(
-        [l2_normalize(split[key][s]) for s in SCALES if s in split[key]], 1
-    )
     genes = expression.select_hvgs(train["targets"], config.eval.n_genes)
     pred = knn_expression(
-        unit(train, "st"), train["targets"][:, genes], unit(test, "he"), config.eval.knn_k
+        joint(train, "st"), train["targets"][:, genes], joint(test, "he"), config.eval.knn_k
     )
     true = np.asarray(test["targets"], np.float64)[:, genes]
     return {**expression.scores(pred, true), "k": min(config.eval.knn_k, len(train["targets"]))}

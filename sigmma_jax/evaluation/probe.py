@@ -3,6 +3,8 @@ prediction"): StandardScaler -> PCA -> Ridge, fit on the training tiles, scored 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
@@ -18,6 +20,67 @@ EMBEDDINGS = {"projected": "he", "backbone": "he_backbone"}
 # per-tile PCC by ~1e-3 relative. PCA features have orthogonal columns, so this costs little.
 _RIDGE_MAX_ITER = 1000
 _RIDGE_TOL = 1e-8
+
+
+@dataclasses.dataclass
+class Probe:
+    """A fitted probe as plain arrays (saved with a run, never pickled): StandardScaler -> PCA ->
+    ridge; `predict` is the composition of the three."""
+
+    mean: np.ndarray  # (features,) StandardScaler
+    scale: np.ndarray  # (features,)
+    pca_mean: np.ndarray  # (features,)
+    components: np.ndarray  # (k, features)
+    coef: np.ndarray  # (genes, k)
+    intercept: np.ndarray  # (genes,): zeros without intercept
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = (
+            (np.asarray(x, np.float64) - self.mean) / self.scale - self.pca_mean
+        ) @ self.components.T
+        return z @ self.coef.T + self.intercept
+
+
+def fit(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    *,
+    n_components: int = 256,
+    alpha_genes: int | None = None,
+    fit_intercept: bool = False,
+    seed: int = 0,
+) -> Probe:
+    """HEST-Benchmark's probe on every column of `train_y`: StandardScaler, exact PCA capped at
+    min(n_train, n_features) components, ridge with alpha = 100 / (components * alpha_genes), lsqr.
+
+    `alpha_genes` defaults to the number of columns, as HEST sets it; a probe fitted on more genes
+    with HEST's 50 keeps HEST's alpha, and since ridge fits each gene on its own, its predictions of
+    those 50 genes are the HEST probe's. The PCA features are centred on the training tiles, so with
+    `fit_intercept` the coefficients are the same and the intercept is each gene's training mean.
+    """
+    train_x, train_y = np.asarray(train_x, np.float64), np.asarray(train_y, np.float64)
+    scaler = StandardScaler().fit(train_x)
+    n_comp = min(n_components, *train_x.shape)
+    x_tr = scaler.transform(train_x)
+    pca = PCA(n_components=n_comp, svd_solver="full", random_state=seed).fit(x_tr)
+    z_tr = pca.transform(x_tr)
+    alpha = 100.0 / (z_tr.shape[1] * (alpha_genes or train_y.shape[1]))
+    ridge = Ridge(
+        alpha=alpha,
+        solver="lsqr",
+        fit_intercept=fit_intercept,
+        max_iter=_RIDGE_MAX_ITER,
+        tol=_RIDGE_TOL,
+        random_state=seed,
+    ).fit(z_tr, train_y)
+    return Probe(
+        mean=scaler.mean_,
+        scale=scaler.scale_,
+        pca_mean=pca.mean_,
+        components=pca.components_,
+        coef=np.atleast_2d(ridge.coef_),
+        intercept=np.broadcast_to(ridge.intercept_, (train_y.shape[1],)).astype(np.float64),
+    )
 
 
 def linear_probe(
@@ -56,27 +119,15 @@ def linear_probe(
         raise ValueError("train and test must have the same feature and gene dimensions")
 
     genes = expression.select_hvgs(train_y, n_genes)
-    y_tr, y_te = train_y[:, genes], test_y[:, genes]
-
-    scaler = StandardScaler().fit(train_x)
-    n_comp = min(n_components, *train_x.shape)
-    x_tr = scaler.transform(train_x)
-    pca = PCA(n_components=n_comp, svd_solver="full", random_state=seed).fit(x_tr)
-    z_tr = pca.transform(x_tr)
-    z_te = pca.transform(scaler.transform(test_x))
-
-    alpha = 100.0 / (z_tr.shape[1] * y_tr.shape[1])
-    ridge = Ridge(
-        alpha=alpha,
-        solver="lsqr",
+    probe = fit(
+        train_x,
+        train_y[:, genes],
+        n_components=n_components,
         fit_intercept=fit_intercept,
-        max_iter=_RIDGE_MAX_ITER,
-        tol=_RIDGE_TOL,
-        random_state=seed,
+        seed=seed,
     )
-    pred = ridge.fit(z_tr, y_tr).predict(z_te)
-
-    return {**expression.scores(pred, y_te), "n_components": int(n_comp)}
+    pred = probe.predict(test_x)
+    return {**expression.scores(pred, test_y[:, genes]), "n_components": probe.coef.shape[1]}
 
 
 def evaluate(embeddings: dict, config) -> dict:

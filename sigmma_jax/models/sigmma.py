@@ -54,14 +54,21 @@ class SIGMMA(nn.Module):
             t = jax.lax.stop_gradient(t)
         return jnp.clip(t, self.temperature_min, 1.0)
 
-    def __call__(self, batch: dict, train: bool = False) -> dict:
-        """-> {"he": {scale: (B, E)}, "st": {...}, "he_backbone": {scale: (B, D)}, "temperature": ()}."""
-        he_raw = self.he(batch["image"])
-        st_raw = self.st(batch["graph"], train)
+    def encode_he(self, images: jax.Array, train: bool = False) -> dict:
+        """The HE tower alone (H&E-only inference): uint8 (B, m, m, 3) ->
+        {"he": {scale: (B, E)}, "he_backbone": {scale: (B, D)}}."""
+        he_raw = self.he(images)
         return dict(
             he={s: self.he_head(he_raw[s], train) for s in self.scales},
-            st={s: self.st_head(st_raw[s], train) for s in self.scales},
             he_backbone={s: he_raw[s] for s in self.scales},
+        )
+
+    def __call__(self, batch: dict, train: bool = False) -> dict:
+        """-> {"he": {scale: (B, E)}, "st": {...}, "he_backbone": {scale: (B, D)}, "temperature": ()}."""
+        st_raw = self.st(batch["graph"], train)
+        return dict(
+            **self.encode_he(batch["image"], train),
+            st={s: self.st_head(st_raw[s], train) for s in self.scales},
             temperature=self.temperature(),
         )
 

@@ -166,6 +166,9 @@ class STEncoder(nn.Module):
 
         out = {}
         h = layers(h, adj, "micro")
+        # Each cell's state after each stage, read by inference (`mutable=["intermediates"]`) as
+        # the cell-level multi-scale embeddings; padded rows are dropped there by the node mask.
+        self.sow("intermediates", "nodes_micro", h)
         out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
         # Pairs that are edges for sure: not candidates again. With expectation weights at
         # evaluation no added edge is sure, so a meso candidate is a candidate again at macro.
@@ -193,6 +196,7 @@ class STEncoder(nn.Module):
             self.sow("stats", f"{scale}_sampled", (y * cand).sum() / jnp.maximum(cand.sum(), 1))
             self.sow("stats", f"{scale}_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1))
             h = layers(h, adj, scale)
+            self.sow("intermediates", f"nodes_{scale}", h)
             out[scale] = AttentionPool(self.hidden, name=f"pool_{scale}")(h, mask)
         self.sow("intermediates", "adjacency", adj)
         return out

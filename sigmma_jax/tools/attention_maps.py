@@ -44,6 +44,25 @@ def prepare_tiles(tiles: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(jax.image.resize(x, (n, size, size, 3), "linear"))
 
 
+def _panel(ax, tile: np.ndarray, name: str, a: np.ndarray | None, cells=None) -> None:
+    """The tile, a map scaled to its maximum over it, cell centroids (tile px) as cyan rings."""
+    m = tile.shape[0]
+    ax.imshow(tile)
+    if a is not None:
+        ax.imshow(
+            a / max(float(a.max()), 1e-12),
+            cmap="inferno",
+            alpha=0.6,
+            extent=(-0.5, m - 0.5, m - 0.5, -0.5),
+            interpolation="nearest",
+        )
+    if cells is not None and len(cells):
+        ax.scatter(*np.asarray(cells).T - 0.5, s=6, facecolors="none", edgecolors="cyan", lw=0.6)
+        ax.set_xlim(-0.5, m - 0.5)
+        ax.set_ylim(m - 0.5, -0.5)
+    ax.set_title(name, fontsize=8)
+
+
 def save_figure(
     tile: np.ndarray, maps: np.ndarray, path: str | pathlib.Path, title: str = ""
 ) -> None:
@@ -60,18 +79,8 @@ def save_figure(
     cols = min(6, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.3 * rows), squeeze=False)
-    m = tile.shape[0]
     for ax, (name, a) in zip(axes.flat, panels):
-        ax.imshow(tile)
-        if a is not None:
-            ax.imshow(
-                a / max(float(a.max()), 1e-12),
-                cmap="inferno",
-                alpha=0.6,
-                extent=(-0.5, m - 0.5, m - 0.5, -0.5),
-                interpolation="nearest",
-            )
-        ax.set_title(name, fontsize=8)
+        _panel(ax, tile, name, a)
     for ax in axes.flat:
         ax.axis("off")
     if title:
@@ -80,6 +89,39 @@ def save_figure(
     with atomic.atomic_path(path) as tmp:  # the temp name has no .png: say the format
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def save_comparison(
+    tile: np.ndarray,
+    maps: dict[str, np.ndarray],
+    path: str | pathlib.Path,
+    cells: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """One PNG per tile for several models (e.g. the base backbone and the trained one): the tile,
+    then each model's head-mean map, then each model's heads on a row; cell centroids (tile px)
+    drawn on every panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    heads = max(a.shape[0] for a in maps.values())
+    cols = max(1 + len(maps), min(heads, 8))
+    rows = 1 + len(maps)
+    fig = Figure(figsize=(2.3 * cols, 2.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    top = [("tile", None)] + [(f"{k}: mean of heads", a.mean(0)) for k, a in maps.items()]
+    panels = [(axes[0, i], name, a) for i, (name, a) in enumerate(top)]
+    for r, (k, a) in enumerate(maps.items(), start=1):
+        panels += [(axes[r, h], f"{k}: head {h}", a[h]) for h in range(min(a.shape[0], cols))]
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, name, a in panels:
+        _panel(ax, tile, name, a, cells)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    FigureCanvasAgg(fig)
+    with atomic.open_atomic(path, "wb") as f:
+        fig.savefig(f, dpi=100, format="png")
 
 
 def save_attention_maps(

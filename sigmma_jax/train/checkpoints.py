@@ -105,3 +105,21 @@ def restore(
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
     logging.info("resumed from step %d", int(restored["state"].step))
     return restored["state"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, abstract: TrainState) -> tuple[dict, int]:
+    """(parameters, step) of the latest checkpoint onto `abstract`'s shapes and shardings, as
+    `restore` does, without the optimizer state (twice the parameters under Adam) or the loader's:
+    what inference needs."""
+    part = dict(params=abstract.params, step=abstract.step)
+    restored = mngr.restore(
+        mngr.latest_step(),
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                part,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(part),
+                partial_restore=True,
+            )
+        ),
+    )
+    return restored["state"]["params"], int(restored["state"]["step"])

@@ -4,7 +4,8 @@ One jitted step with explicit shardings on a mesh: data sharded along 'data', pa
 optimizer state replicated. The first state comes from the workdir's latest checkpoint if there is
 one, else from initialisation and converted weights (`train.state`). The model at initialisation is
 evaluated before the first step and its results kept in the workdir, so a resumed run never rebuilds
-it (nor reads converted weights again).
+it (nor reads converted weights again). A run leaves what using the model on other slides needs:
+`run.json` (config and manifest, `train.run_info`) and `predictors.npz` (`evaluation.predictors`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from jax.sharding import Mesh
 
 from sigmma_jax import atomic, config_check, evaluation, sharding
 from sigmma_jax.data import input_pipeline, shards
-from sigmma_jax.evaluation import inference, report
+from sigmma_jax.evaluation import inference, predictors, report
 from sigmma_jax.models import backbones, sigmma
 from sigmma_jax.scales import SCALES
-from sigmma_jax.train import checkpoints, health, metrics, optimizer
+from sigmma_jax.train import checkpoints, health, metrics, optimizer, run_info
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
 from sigmma_jax.workdir import lock as lock_dir
@@ -49,9 +50,13 @@ class Evaluator:
         self.apply = inference.make_embed_fn(model, mesh)
         self.args = (shards.shard_dir(config, workdir), manifest, config, mesh)
 
-    def __call__(self, params) -> dict:
+    def embed(self, params, splits) -> dict:
+        """{split: embeddings} of `params` (`evaluation.embed`)."""
+        return evaluation.embed(self.apply, params, *self.args, splits)
+
+    def __call__(self, params, embeddings: dict | None = None) -> dict:
         logging.info("evaluating %s", "/".join(self.args[2].evals))
-        return evaluation.evaluate(self.apply, params, *self.args)
+        return evaluation.evaluate(self.apply, params, *self.args, embeddings)
 
 
 class Trained(NamedTuple):
@@ -209,6 +214,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         shards.preprocess(config, workdir)
     multihost_utils.sync_global_devices("preprocessed")
     manifest = shards.read_manifest(shards.shard_dir(config, workdir))
+    if jax.process_index() == 0:
+        run_info.write(workdir, config, manifest)
     logging.info(
         "mesh %s; %d train / %d test tiles; budgets %s",
         dict(mesh.shape),
@@ -225,7 +232,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         ", ".join(config.evals),
         len(manifest["splits"]["test"]),
     )
-    trained = run.evaluate(run.state.params)
+    # The training split is embedded whatever the evaluators: the predictors are fitted on it.
+    need = list(dict.fromkeys([*evaluation.splits(config.evals), "train"]))
+    embeddings = run.evaluate.embed(run.state.params, need)
+    trained = run.evaluate(run.state.params, embeddings)
     initial = run.initial
     if initial is None:  # resumed: the initial model was evaluated by the run that started it
         initial = json.loads((workdir / INITIAL_RESULTS).read_text())
@@ -239,6 +249,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         preprocessing=manifest["report"],
     )
     if jax.process_index() == 0:
+        fitted = predictors.fit(embeddings["train"], manifest["genes"], config)
+        predictors.save(workdir / predictors.FILE, fitted)
         files = report.write_results(
             workdir, results, metrics.read_history(workdir / "metrics.jsonl")
         )

@@ -51,6 +51,7 @@ def test_record_roundtrip():
     for k in records.FIELDS:
         np.testing.assert_array_equal(back[k], t[k])
         assert back[k].dtype == records.FIELDS[k]
+    assert back["cell_ids"].tolist() == t["cell_ids"].tolist()
     assert back["meta"] == t["meta"]
 
 

@@ -47,6 +47,11 @@ def test_records_hold_exactly_the_cells_of_their_tile(tiny_shards):
         order_b = np.lexsort(rec["xy"].T)
         np.testing.assert_allclose(rec["xy"][order_b], local[order_a], atol=1e-3)
         np.testing.assert_array_equal(rec["counts"][order_b], X[inside][order_a])
+        # Each kept cell carries its input id, in the record's row order.
+        row_of = {c: i for i, c in enumerate(adata.obs_names)}
+        rows = [row_of[c] for c in rec["cell_ids"]]
+        assert sorted(rows) == np.flatnonzero(inside).tolist()
+        np.testing.assert_array_equal(rec["counts"], X[rows])
         np.testing.assert_array_equal(rec["blocks"], graphs.micro_blocks(rec["xy"], 256))
         np.testing.assert_array_equal(
             rec["blocks"][rec["senders"]], rec["blocks"][rec["receivers"]]
@@ -110,7 +115,53 @@ def test_changed_settings_are_refused_not_mixed(tmp_path):
     assert shards.preprocess(c, tmp_path)["split_config"]["seed"] == 5
 
 
-@pytest.mark.parametrize("policy", ["subsample", "drop"])
+def test_shards_of_an_older_record_version_are_refused(tmp_path):
+    wsi, cells, *_ = pink_slide(tmp_path)
+    c = _generic_config(tmp_path, wsi, cells)
+    shards.preprocess(c, tmp_path)
+    path = tmp_path / "shards" / shards.MANIFEST
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(old, version=1)))  # records without cell ids
+    with pytest.raises(readers.InputError, match="record version 1, written by an older"):
+        shards.preprocess(c, tmp_path)
+    path.unlink()  # no manifest: the chunks' hashes (which include the version) still refuse
+    for side in (tmp_path / "shards").glob("*-0000.json"):
+        side.write_text(json.dumps(dict(json.loads(side.read_text()), hash="0" * 16)))
+    with pytest.raises(readers.InputError, match="chunk made with other settings"):
+        shards.preprocess(c, tmp_path)
+
+
+def test_a_given_panel_is_used_and_a_slide_lacking_genes_is_refused_by_name(tmp_path):
+    wsi, cells, xy, counts, genes = pink_slide(tmp_path)
+    c = _generic_config(tmp_path, wsi, cells)
+    m = shards.preprocess(c, tmp_path, panel=["G3", "G1"])
+    assert m["genes"] == ["G3", "G1"]
+    recs = _records(c, m, "train") + _records(c, m, "test")
+    total = sum(r["tile_counts"] for r in recs)
+    inside = ((xy * 0.2737) < 256).all(1) & (counts[:, [3, 1]].sum(1) > 0)
+    np.testing.assert_allclose(total, counts[inside][:, [3, 1]].sum(0))
+    c.data.shard_dir = str(tmp_path / "other")
+    with pytest.raises(readers.InputError, match=r"slide cells: 2 genes .* missing: CD3E, EPCAM"):
+        shards.preprocess(c, tmp_path, panel=["G1", "EPCAM", "CD3E"])
+
+
+def test_without_min_cells_every_tissue_tile_is_kept_with_or_without_cells(tmp_path):
+    wsi, cells, xy, counts, genes = pink_slide(tmp_path)
+    write_cells(cells, xy[:0], counts[:0], genes)  # no cell at all: an H&E image alone
+    c = _generic_config(tmp_path, wsi, cells, min_cells=0)
+    m = shards.preprocess(c, tmp_path)
+    assert [(t["row"], t["col"], t["n_cells"]) for t in m["tiles"]] == [
+        (0, 0, 0),
+        (0, 1, 0),
+        (1, 0, 0),
+        (1, 1, 0),
+    ]
+    rec = (_records(c, m, "train") + _records(c, m, "test"))[0]
+    assert rec["xy"].shape == (0, 2) and rec["image"].shape == (256, 256, 3)
+    assert len(rec["cell_ids"]) == 0 and not rec["tile_counts"].any()
+
+
+@pytest.mark.parametrize("policy", ["subsample", "drop", "keep"])
 def test_overflowing_tiles_follow_the_policy_and_are_counted(tmp_path, policy):
     wsi, cells, *_ = pink_slide(tmp_path)
     # 100 cells in tile (0, 0) = µm [0, 128)^2, 20 in each of the three others.
@@ -134,12 +185,16 @@ def test_overflowing_tiles_follow_the_policy_and_are_counted(tmp_path, policy):
                 rec["meta"]["n_cells"] > 48
             ):  # the targets keep every cell, the graph only the budget
                 assert rec["tile_counts"].sum() > rec["counts"].sum() and len(rec["xy"]) == 48
-    else:
+    elif policy == "drop":
         assert (
             not over and rep["tiles_overflow_dropped"] == 1 and rep["cells_in_dropped_tiles"] == 100
         )
         assert len(m["tiles"]) == 3
-    assert all(t["n_kept"] <= 48 for t in m["tiles"])
+    else:  # every cell kept; the manifest's node budget grows to the largest tile
+        assert rep["tiles_overflow_kept"] == len(over) == 1 and over[0]["n_kept"] == 100
+        assert m["budgets"]["nodes"] == 100 and rep["cells_kept"] == 160
+        return
+    assert all(t["n_kept"] <= 48 for t in m["tiles"]) and m["budgets"]["nodes"] == 48
 
 
 def test_no_tissue_and_few_cells_are_dropped_and_counted(tmp_path):

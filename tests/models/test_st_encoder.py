@@ -43,6 +43,30 @@ def test_padding_changes_no_output(sampling):
         assert np.isfinite(np.asarray(got[s])).all()
 
 
+def test_cell_states_after_each_stage_do_not_depend_on_padding():
+    """The sown node states (inference's cell embeddings): one row per slot, real rows the same
+    whatever the budget, and the pooled embedding of each scale is their attention pool."""
+    tiles = [tile(n=n, seed=n) for n in (30, 50)]
+    model = _encoder()
+    small = _batch(tiles, 50, 400)
+    params = model.init(jax.random.PRNGKey(0), small)
+    ref, s1 = model.apply(params, small, mutable=["intermediates"])
+    got, s2 = model.apply(params, _batch(tiles, 96, 1000, junk=True), mutable=["intermediates"])
+    for scale in ("micro", "meso", "macro"):
+        (a,), (b,) = s1["intermediates"][f"nodes_{scale}"], s2["intermediates"][f"nodes_{scale}"]
+        assert a.shape == (2, 50, 16) and b.shape == (2, 96, 16)
+        for i, t in enumerate(tiles):
+            n = len(t["xy"])
+            np.testing.assert_allclose(b[i, :n], a[i, :n], atol=1e-5)
+        pool = params["params"][f"pool_{scale}"]
+        _, mask, _, _ = st_encoder.dense_tiles(small)
+        pooled = st_encoder.AttentionPool(16).apply({"params": pool}, a, mask)
+        np.testing.assert_allclose(pooled, ref[scale], atol=1e-5)
+    assert not np.allclose(
+        s1["intermediates"]["nodes_micro"][0], s1["intermediates"]["nodes_macro"][0]
+    )
+
+
 def test_training_mode_samples_symmetric_edges_inside_blocks():
     t = tile(n=40)
     g = _batch([t], 48, 400)

@@ -19,5 +19,6 @@ def tile(n=60, m=256, seed=0, genes=7):
         senders=s,
         receivers=r,
         tile_counts=counts.sum(0),
+        cell_ids=np.array([f"c{seed}_{i}" for i in range(n)], dtype=object),
         meta=dict(slide="s", row=0, col=0, n_cells=n),
     )

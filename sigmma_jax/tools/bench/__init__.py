@@ -3,12 +3,13 @@
 A new benchmark is a module with its flags and `run(flags) -> int`, plus its line in `BENCHMARKS`.
 """
 
-from sigmma_jax.tools.bench import encoder, loss_noise, parity, preprocess, recovery, step
+from sigmma_jax.tools.bench import embed, encoder, loss_noise, parity, preprocess, recovery, step
 
 BENCHMARKS = {
     "encoder": (encoder.run, "HE backbone speed and memory vs timm"),
     "parity": (parity.run, "full-size weight port vs timm"),
     "preprocess": (preprocess.run_cli, "full-slide preprocessing: tiles/s, cells/s, peak RSS"),
+    "embed": (embed.run_cli, "a trained run on a whole slide: tiles/s, cells/s, peak RSS"),
     "step": (step.run, "the whole train step compiled for N devices: memory, step time, MFU"),
     "recovery": (
         recovery.run,

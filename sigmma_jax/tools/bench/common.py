@@ -4,8 +4,11 @@ memory and cost analysis, bf16 peaks for model-FLOPs utilisation, and the flags 
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
 import statistics
+import subprocess
+import threading
 import time
 from typing import Any, Callable
 
@@ -101,3 +104,55 @@ def machine_description() -> dict[str, Any]:
         jax=jax.__version__,
         python=platform.python_version(),
     )
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and all its descendants, in MiB (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss = {}
+    for p in pathlib.Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            status = (p / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        children.setdefault(int(fields["PPid"]), []).append(int(p.name))
+        rss[int(p.name)] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    total, stack = 0.0, [pid]
+    while stack:
+        q = stack.pop()
+        total += rss.get(q, 0.0)
+        stack.extend(children.get(q, []))
+    return total
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Runs `cmd` from the repository (configs/ is there) while sampling the resident memory of its
+    process tree every 0.2 s: (seconds, peak MiB summed over the tree, what the machine must hold)."""
+    peak = [0.0]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=pathlib.Path(__file__).resolve().parents[3])
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    if proc.wait():
+        raise RuntimeError(f"failed: {' '.join(cmd)}")
+    seconds = time.time() - t0
+    sampler.join()
+    return seconds, peak[0]
+
+
+def print_result(r: dict) -> None:
+    """One result as a JSON line and as a markdown table row (for docs/benchmarks.md)."""
+    import json
+
+    print(json.dumps(r))
+    print("| " + " | ".join(r) + " |\n|" + "---|" * len(r))
+    print("| " + " | ".join(str(v) for v in r.values()) + " |")

@@ -1,0 +1,38 @@
+"""Embeds a slide with a trained run and predicts its expression from the H&E:
+
+    python -m sigmma_jax.embed --run=RUN_DIR --config=CONFIG --out=OUT
+
+CONFIG (with the usual --config.data.* overrides) names the slide in any input format, or only an
+H&E image (configs/generic.py with --config.data.wsi=HE.tif and no cells). The model, gene panel and
+tile settings are the run's. Writes OUT/tiles.h5ad, OUT/cells.h5ad (with cells), and, unless
+--nofigures, the Leiden clusters of the cell embeddings per scale (in cells.h5ad), OUT/clusters.json
+and OUT/figures/. How: `sigmma_jax.analysis`.
+"""
+
+import json
+
+from absl import flags, logging
+
+from sigmma_jax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("figures", True, "Cluster the cells and draw the figures after embedding.")
+
+
+def main(argv) -> int:
+    del argv
+    cli.required("run", "config", "out")
+    from sigmma_jax.analysis import embed
+
+    done = embed.embed_slide(FLAGS.run, FLAGS.config, FLAGS.out)
+    logging.info("%s", json.dumps({k: v for k, v in done.items() if k != "preprocessing"}))
+    if FLAGS.figures:
+        from sigmma_jax.analysis import figures
+
+        for path in figures.write_all(FLAGS.out, FLAGS.config):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

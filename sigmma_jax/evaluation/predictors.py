@@ -1,0 +1,92 @@
+"""What a trained run leaves for predicting expression on new slides (`predictors.npz` in the run
+directory; plain arrays, loaded with allow_pickle=False):
+
+- the linear probe of Task 1 (`probe.fit`) over the run's whole gene panel, with HEST's alpha (that
+  of `eval.n_genes` genes) and an intercept, so its predictions are log1p expression levels and,
+  for the evaluation's genes, the evaluated probe's predictions plus each gene's training mean;
+- BLEEP's kNN reference: the training tiles' ST embeddings in the joint space and their targets.
+
+Fitted by the run at the end of training from the training split's embeddings; applied by
+`sigmma_jax.analysis.embed` to the HE embeddings of any slide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from sigmma_jax import atomic
+from sigmma_jax.evaluation import expression, knn_expression, probe
+
+FILE = "predictors.npz"
+
+
+@dataclasses.dataclass
+class Predictors:
+    genes: np.ndarray  # (genes,) str: the run's panel, the columns of every prediction
+    eval_genes: np.ndarray  # (n,) int: the evaluation's genes (top HVGs of the training tiles)
+    probe: probe.Probe
+    probe_embedding: str  # "he" (projected) or "he_backbone"
+    knn_keys: np.ndarray  # (train tiles, scales * E) float32 joint-space ST embeddings
+    knn_targets: np.ndarray  # (train tiles, genes) float32 log1p summed counts
+    knn_k: int
+
+    def predict(self, embeddings: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(probe, kNN) predictions, (tiles, genes) log1p, from a split-like dict with "he" and
+        "he_backbone" ({scale: (tiles, D)})."""
+        x = expression.features(embeddings, self.probe_embedding)
+        query = knn_expression.joint(embeddings, "he")
+        knn = knn_expression.knn_expression(self.knn_keys, self.knn_targets, query, self.knn_k)
+        return self.probe.predict(x), knn
+
+
+def fit(train: dict, genes: list[str], config) -> Predictors:
+    """From the training split's embeddings (`inference.embed_split`) and the run's config."""
+    key = "he" if config.eval.probe_embedding == "projected" else "he_backbone"
+    targets = np.asarray(train["targets"], np.float64)
+    n_eval = min(config.eval.n_genes, targets.shape[1])
+    return Predictors(
+        genes=np.asarray(genes, str),
+        eval_genes=expression.select_hvgs(targets, n_eval),
+        probe=probe.fit(
+            expression.features(train, key),
+            targets,
+            n_components=config.eval.pca_components,
+            alpha_genes=n_eval,
+            fit_intercept=True,
+        ),
+        probe_embedding=key,
+        knn_keys=knn_expression.joint(train, "st").astype(np.float32),
+        knn_targets=targets.astype(np.float32),
+        knn_k=int(config.eval.knn_k),
+    )
+
+
+def save(path: str | os.PathLike, p: Predictors) -> None:
+    arrays = {f"probe_{k}": v for k, v in dataclasses.asdict(p.probe).items()}
+    arrays.update(
+        genes=p.genes.astype(str),
+        eval_genes=p.eval_genes,
+        probe_embedding=np.asarray(p.probe_embedding),
+        knn_keys=p.knn_keys,
+        knn_targets=p.knn_targets,
+        knn_k=np.asarray(p.knn_k),
+    )
+    with atomic.open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load(path: str | os.PathLike) -> Predictors:
+    with np.load(path, allow_pickle=False) as z:
+        fields = [f.name for f in dataclasses.fields(probe.Probe)]
+        return Predictors(
+            genes=z["genes"].astype(str),
+            eval_genes=z["eval_genes"],
+            probe=probe.Probe(**{f: z[f"probe_{f}"] for f in fields}),
+            probe_embedding=str(z["probe_embedding"]),
+            knn_keys=z["knn_keys"],
+            knn_targets=z["knn_targets"],
+            knn_k=int(z["knn_k"]),
+        )
