@@ -38,6 +38,9 @@ class Slide:
     cell_ids: np.ndarray  # (n,) str
     dropped_controls: int = 0
     report: dict = dataclasses.field(default_factory=dict)  # what the reader skipped, and why
+    # Samples of one group (HEST: one patient of one dataset) are held out together; "" -> the name.
+    group: str = ""
+    embeddings: np.ndarray | None = None  # (n, d) precomputed per-cell embeddings, if given
 
 
 class WSI:

@@ -36,6 +36,7 @@ SHARD_KEYS = (
     "node_budget",
     "overflow",
     "graph",
+    "micro_graph",
     "knn_k",
     "radius_px",
     "chunk_rows",
@@ -51,9 +52,32 @@ def read_manifest(directory: str | pathlib.Path) -> dict:
     return json.loads((pathlib.Path(directory) / MANIFEST).read_text())
 
 
+def with_split(manifest: dict, split: ml_collections.ConfigDict) -> dict:
+    """The manifest with the tiles split by `split` (data.split): `split_config`, each tile's
+    `split`, the record indices per split, `folds` (the held-out groups of samples when split by
+    sample, else []) and the split sizes in the report. Nothing is read or written, so runs that
+    share one shard set can each hold their own split (sigmma_jax.experiments)."""
+    slides = manifest["slides"]
+    tiles = [{k: v for k, v in t.items() if k != "split"} for t in manifest["tiles"]]
+    split_of = splits.make_splits(tiles, slides, split, manifest.get("groups"))
+    by_sample = splits.split_by(slides, split) == "sample"
+    return dict(
+        manifest,
+        split_config=split.to_dict(),
+        tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],
+        splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
+        folds=splits.sample_folds(slides, manifest.get("groups")) if by_sample else [],
+        report=dict(
+            manifest["report"], split_tiles={n: split_of.count(n) for n in ("train", "val", "test")}
+        ),
+    )
+
+
 def shard_hash(config: ml_collections.ConfigDict, slides: list[readers.Slide]) -> str:
     d = config.data
     ident = {k: d[k] for k in SHARD_KEYS}
+    if d.cell_embedding_key:  # records then hold the embeddings too
+        ident["cell_embeddings"] = (d.cell_embeddings, d.cell_embedding_key)
     ident["slides"] = [
         (s.name, str(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), s.counts.shape[1])
         for s in slides
@@ -86,6 +110,7 @@ class Chunk:
     tile_of_cell: np.ndarray  # flat tile index per cell of this chunk
     xy: np.ndarray  # (n, 2) tile-pixel coordinates
     counts: sp.csr_matrix  # (n, panel)
+    embeddings: np.ndarray | None  # (n, d) precomputed per-cell embeddings, if any
     settings: dict
     shard_hash: str
     out_dir: pathlib.Path
@@ -131,22 +156,23 @@ def run_chunk(c: Chunk) -> dict:
                 rep["cells_subsampled_away"] += int(n) - s["node_budget"]
             xy = c.xy[idx]
             blocks = graphs.micro_blocks(xy, c.grid.tile_px)
-            snd, rcv = graphs.build_micro_graph(xy, blocks, s["graph"], s["knn_k"], s["radius_px"])
-            meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
-            payload.append(
-                records.encode(
-                    dict(
-                        image=image,
-                        xy=xy,
-                        blocks=blocks,
-                        counts=c.counts[idx].toarray(),
-                        senders=snd,
-                        receivers=rcv,
-                        tile_counts=tile_counts,
-                        meta=meta,
-                    )
-                )
+            snd, rcv = graphs.build_micro_graph(
+                xy, blocks, s["graph"], s["knn_k"], s["radius_px"], s["micro_graph"]
             )
+            meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
+            record = dict(
+                image=image,
+                xy=xy,
+                blocks=blocks,
+                counts=c.counts[idx].toarray(),
+                senders=snd,
+                receivers=rcv,
+                tile_counts=tile_counts,
+                meta=meta,
+            )
+            if c.embeddings is not None:
+                record["cell_embedding"] = c.embeddings[idx]
+            payload.append(records.encode(record))
             tiles.append(dict(meta, n_kept=len(idx), n_edges=len(snd)))
             rep["cells_kept"] += len(idx)
     shard = None
@@ -192,6 +218,9 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
         if old["split_config"] == split_cfg:
             logging.info("shards up to date in %s (%d tiles)", out_dir, len(old["tiles"]))
             return old
+        manifest = with_split(old, d.split)  # only the split changed
+        atomic.write_json(manifest_path, manifest)
+        return manifest
 
     panel, genes_dropped = shared_panel(slides)
     settings = {k: d[k] for k in SHARD_KEYS}
@@ -238,6 +267,7 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
                 flat[sel],
                 local[sel],
                 counts[sel],
+                None if slide.embeddings is None else slide.embeddings[sel],
                 settings,
                 h,
                 out_dir,
@@ -286,29 +316,28 @@ def preprocess(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
             f"node_budget={d.node_budget} with overflow={d.overflow!r}): {report}"
         )
     slide_names = [s.name for s in slides]
-    split_of = splits.make_splits(tiles, slide_names, d.split)
     report.update(
         tiles_kept=len(tiles),
         slides=slide_report,
         genes=len(panel),
-        split_tiles={n: split_of.count(n) for n in ("train", "val", "test")},
         seconds=round(time.time() - t0, 1),
     )
     manifest = dict(
         version=1,
         shard_hash=h,
-        split_config=split_cfg,
         settings=settings,
         genes=panel,
         budgets=dict(nodes=d.node_budget, edges=_round_up(max(t["n_edges"] for t in tiles), 64)),
         slides=slide_names,
+        groups={s.name: s.group or s.name for s in slides},
         shards=shards,
-        tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],
-        splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
+        tiles=tiles,
         report=report,
     )
+    manifest = with_split(manifest, d.split)
     atomic.write_json(manifest_path, manifest)
     logging.info(
-        "preprocessing report: %s", json.dumps({k: v for k, v in report.items() if k != "slides"})
+        "preprocessing report: %s",
+        json.dumps({k: v for k, v in manifest["report"].items() if k != "slides"}),
     )
     return manifest
