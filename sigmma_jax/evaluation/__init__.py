@@ -2,8 +2,9 @@
 `config.eval_every` steps when set); results are keyed by evaluator.
 
 A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs) and
-`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`. The model runs once per split
-(`inference.embed_split`), whatever the number of evaluators.
+`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`; `embeddings` holds each
+split's embeddings and targets, and "genes", the panel indices Task 1 scores. The model runs once per
+split (`inference.embed_split`), whatever the number of evaluators.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pathlib
 import time
 
 import ml_collections
+import numpy as np
 
+from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.evaluation import knn_expression, probe, retrieval
 
 EVALUATORS = {
@@ -38,12 +41,16 @@ def evaluate(
     manifest: dict,
     config: ml_collections.ConfigDict,
     mesh,
+    genes: np.ndarray | None = None,
 ) -> dict:
-    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`."""
+    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`;
+    Task 1 scores `genes` (panel indices; None: `genes.select` chooses them)."""
     # Imported here: the evaluators are numpy only, and importing one should not pull in JAX.
     from sigmma_jax.evaluation import inference
 
     check(config.evals)
+    if genes is None:
+        genes = genes_lib.select(config, manifest, shard_dir)
     t0 = time.time()
     splits = [
         s for s in ("test", "train", "val") if any(s in EVALUATORS[n].SPLITS for n in config.evals)
@@ -52,8 +59,10 @@ def evaluate(
         s: inference.embed_split(apply, params, shard_dir, manifest, s, config, mesh)
         for s in splits
     }
-    results = {n: EVALUATORS[n].evaluate(embeddings, config) for n in config.evals}
     sizes = ", ".join(f"{len(e['targets'])} {s}" for s, e in embeddings.items())
+    results = {
+        n: EVALUATORS[n].evaluate(dict(embeddings, genes=genes), config) for n in config.evals
+    }
     logging.info(
         "evaluated %s on %s tiles in %.1fs", "/".join(config.evals), sizes, time.time() - t0
     )

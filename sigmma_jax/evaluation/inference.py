@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from sigmma_jax import sharding
 from sigmma_jax.data import input_pipeline
+from sigmma_jax.evaluation import expression
 
 
 def make_embed_fn(model, mesh: Mesh):
@@ -35,7 +36,8 @@ def embed_split(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> dict:
-    """{"he", "st", "he_backbone": {scale: (N, D)}, "targets": (N, genes) log1p tile counts}."""
+    """{"he", "st", "he_backbone": {scale: (N, D)}, "targets": (N, genes) tile expression targets
+    (eval.target)}."""
     parts = []
     for batch in input_pipeline.eval_batches(shard_dir, manifest, split, config.eval.batch):
         out = jax.device_get(apply(params, input_pipeline.to_device(batch, mesh)))
@@ -49,7 +51,9 @@ def embed_split(
         parts.append(
             dict(
                 **{k: {s: v[keep] for s, v in out[k].items()} for k in ("he", "st", "he_backbone")},
-                targets=np.log1p(np.asarray(counts)[keep]),
+                targets=expression.tile_targets(
+                    np.asarray(counts)[keep], config.eval.target, config.eval.target_sum
+                ),
             )
         )
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

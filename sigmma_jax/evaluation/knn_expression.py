@@ -1,6 +1,6 @@
 """Task 1 by BLEEP's predictor (docs/method.md, "Gene expression prediction"): a test tile's
 expression is the mean expression of the k training tiles whose ST embeddings are nearest to its HE
-embedding in the joint space. Scored on the probe's genes (the training tiles' top HVGs)."""
+embedding in the joint space. Scored on the probe's genes (`sigmma_jax.evaluation.genes`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def evaluate(embeddings: dict, config) -> dict:
     unit = lambda split, key: np.concatenate(
         [l2_normalize(split[key][s]) for s in SCALES if s in split[key]], 1
     )
-    genes = expression.select_hvgs(train["targets"], config.eval.n_genes)
+    genes = embeddings["genes"]
     pred = knn_expression(
         unit(train, "st"), train["targets"][:, genes], unit(test, "he"), config.eval.knn_k
     )

@@ -24,14 +24,15 @@ def linear_probe(
     test_x: np.ndarray,
     test_y: np.ndarray,
     *,
+    genes: np.ndarray | None = None,
     n_components: int = 256,
-    n_genes: int = 50,
     fit_intercept: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """HEST-Benchmark linear probe: StandardScaler -> PCA -> Ridge on the top HVGs of train_y.
+    """HEST-Benchmark linear probe: StandardScaler -> PCA -> Ridge on the columns `genes` of the
+    targets (None: all; `sigmma_jax.evaluation.genes` chooses them as HEST-Benchmark does).
 
-    `train_y` / `test_y` are already log1p tile expression (see `expression.tile_targets`). PCA is capped at
+    `train_y` / `test_y` are tile expression targets (`expression.tile_targets`). PCA is capped at
     min(n_train, n_features) components; alpha = 100 / (n_pca_features * n_genes), solver lsqr,
     no intercept, as in HEST-Benchmark. Two deliberate differences, both numerical: PCA is exact
     (full SVD; HEST's sklearn "auto" turns randomized and unseeded for 1024-d embeddings, which
@@ -53,8 +54,9 @@ def linear_probe(
     if train_x.shape[1] != test_x.shape[1] or train_y.shape[1] != test_y.shape[1]:
         raise ValueError("train and test must have the same feature and gene dimensions")
 
-    genes = expression.select_hvgs(train_y, n_genes)
-    y_tr, y_te = train_y[:, genes], test_y[:, genes]
+    if genes is not None:
+        train_y, test_y = train_y[:, genes], test_y[:, genes]
+    y_tr, y_te = train_y, test_y
 
     scaler = StandardScaler().fit(train_x)
     n_comp = min(n_components, *train_x.shape)
@@ -74,18 +76,25 @@ def linear_probe(
     )
     pred = ridge.fit(z_tr, y_tr).predict(z_te)
 
-    return {**expression.scores(pred, y_te), "n_components": int(n_comp)}
+    return {
+        **expression.scores(pred, y_te),
+        "n_components": int(n_comp),
+        "fit_intercept": bool(fit_intercept),
+    }
 
 
 def evaluate(embeddings: dict, config) -> dict:
-    """The probe on the projected HE embeddings (or the backbone's: eval.probe_embedding)."""
+    """The probe on the model's projected HE embeddings (or the backbone's: eval.probe_embedding),
+    on the genes of `embeddings["genes"]`, with eval.probe_intercept."""
     key = "he" if config.eval.probe_embedding == "projected" else "he_backbone"
     train, test = embeddings["train"], embeddings["test"]
-    return linear_probe(
+    result = linear_probe(
         expression.features(train, key),
         train["targets"],
         expression.features(test, key),
         test["targets"],
+        genes=embeddings["genes"],
         n_components=config.eval.pca_components,
-        n_genes=config.eval.n_genes,
+        fit_intercept=config.eval.probe_intercept,
     )
+    return dict(result, target=config.eval.target)
