@@ -21,8 +21,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sigmma_jax import atomic, evaluation, sharding
-from sigmma_jax.data import input_pipeline, shards
-from sigmma_jax.evaluation import inference, report
+from sigmma_jax.data import features, input_pipeline, shards
+from sigmma_jax.evaluation import genes, inference, report
 from sigmma_jax.models import backbones, sigmma
 from sigmma_jax.scales import SCALES
 from sigmma_jax.train import checkpoints, metrics, optimizer
@@ -45,10 +45,12 @@ class Evaluator:
 
     def __init__(self, model, config, workdir, manifest, mesh):
         self.apply = inference.make_embed_fn(model, mesh)
-        self.args = (shards.shard_dir(config, workdir), manifest, config, mesh)
+        shard_dir = shards.shard_dir(config, workdir)
+        self.args = (shard_dir, manifest, config, mesh)
+        self.genes = genes.select(config, manifest, shard_dir)  # Task 1's genes, chosen once
 
     def __call__(self, params) -> dict:
-        return evaluation.evaluate(self.apply, params, *self.args)
+        return evaluation.evaluate(self.apply, params, *self.args, genes=self.genes)
 
 
 class Trained(NamedTuple):
@@ -90,9 +92,10 @@ def train(
         state = checkpoints.restore(mngr, abstract, it)
     else:
         state = state_lib.initialise(model, tx, config, manifest, mesh, shardings)
-        initial = evaluate(state.params)
-        if jax.process_index() == 0:
-            atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
+        if config.eval.initial:
+            initial = evaluate(state.params)
+            if jax.process_index() == 0:
+                atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
     step_fn = step_lib.make_train_step(model, tx, config, mesh, shardings)
     start = int(state.step)
     end = config.train.steps if stop_after is None else min(config.train.steps, start + stop_after)
@@ -135,17 +138,29 @@ def train(
     return Trained(model, state, evaluate, initial)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Preprocess (if needed), train (resuming if possible), evaluate; write the results files."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, manifest: dict | None = None
+) -> dict:
+    """Preprocess (if needed), train (resuming if possible), evaluate; write the results files.
+
+    With `manifest` (runs sharing one shard set, `sigmma_jax.experiments`), nothing is
+    preprocessed: the run trains and evaluates on that manifest's split of data.shard_dir.
+    """
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
     if config.model.backbone_weights and fresh:  # fail now, not after an hour of preprocessing
         backbones.read_meta(config.model.backbone_weights)
     workdir.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        if jax.process_index() == 0:
+            shards.preprocess(config, workdir)
+        multihost_utils.sync_global_devices("preprocessed")
+        manifest = shards.read_manifest(shards.shard_dir(config, workdir))
+    # Host-side inputs (BLEEP's PCs, gene sentences, node PCA) for this run's split, written once.
     if jax.process_index() == 0:
-        shards.preprocess(config, workdir)
-    multihost_utils.sync_global_devices("preprocessed")
-    manifest = shards.read_manifest(shards.shard_dir(config, workdir))
+        features.prepare(config, manifest, shards.shard_dir(config, workdir), workdir)
+    multihost_utils.sync_global_devices("features")
+    manifest = features.prepare(config, manifest, shards.shard_dir(config, workdir), workdir)
     mesh = sharding.make_mesh(config)
     logging.info(
         "mesh %s; %d train / %d test tiles; budgets %s",
@@ -158,11 +173,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     t0 = time.time()
     trained = run.evaluate(run.state.params)
     initial = run.initial
-    if initial is None:  # resumed: the initial model was evaluated by the run that started it
+    if initial is None and (workdir / INITIAL_RESULTS).exists():
+        # resumed: the initial model was evaluated by the run that started it
         initial = json.loads((workdir / INITIAL_RESULTS).read_text())
     results = dict(
         trained=trained,
-        initial=initial,
+        **({"initial": initial} if initial is not None else {}),
         n_test_tiles=len(manifest["splits"]["test"]),
         n_train_tiles=len(manifest["splits"]["train"]),
         steps=int(run.state.step),
@@ -170,5 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         preprocessing=manifest["report"],
     )
     if jax.process_index() == 0:
-        report.write_results(workdir, results, metrics.read_history(workdir / "metrics.jsonl"))
+        history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
+        report.write_results(
+            workdir, results, metrics.read_history(history) if history.exists() else None
+        )
     return results
