@@ -64,6 +64,7 @@ def test_hest_gene_list_matches_hest_bench_with_scanpy():
     want = _hest_get_k_genes([a[:, :10] for a in adatas], 50)
     assert [panel[i] for i in few] == want and "BLANK_0007" not in want and len(want) > 5
 
+
 def test_gene_list_file(tmp_path):
     panel = ["A", "B", "C", "D"]
     path = tmp_path / "var_50genes.json"
