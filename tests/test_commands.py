@@ -12,6 +12,7 @@ COMMANDS = {  # a line of the module's docstring and one of its flags
     "convert": ("Converts a PyTorch backbone", "--src"),
     "bench": ("Benchmarks", "--batch_sizes"),
     "attention_maps": ("attention maps", "--weights"),
+    "experiments": ("The paper's experiments in one command", "--workdir"),
 }
 
 

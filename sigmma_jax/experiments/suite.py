@@ -88,9 +88,8 @@ def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.Co
         c.seed = run.seed
         c.data.split.fold = run.fold
         c.eval.initial = False  # the suite's baseline for "no training" is frozen_backbone
-        if c.suite.steps and run.method != "frozen_backbone":
+        if c.suite.steps and c.train.steps:  # frozen_backbone trains nothing
             c.train.steps = c.suite.steps
-            c.train.warmup_steps = min(c.train.warmup_steps, c.suite.steps // 10)
         if run.backbone != MAIN:
             weights = dict(map(parse_backbone, c.suite.backbones))[run.backbone]
             c.model.backbone = backbones.read_meta(weights)["arch"]
