@@ -47,14 +47,7 @@ def read(path: str | pathlib.Path, key: str, cell_ids: np.ndarray) -> np.ndarray
         )
     ids = np.asarray(adata.obs_names, str)
     readers.check_unique(ids, path)
-    row = {c: i for i, c in enumerate(ids)}
-    missing = [c for c in cell_ids if c not in row]
-    if missing:
-        raise readers.InputError(
-            f"{path}: {len(missing)} of {len(cell_ids)} cells have no embedding in "
-            f"obsm[{key!r}], e.g. {missing[:3]}"
-        )
-    out = emb[[row[c] for c in cell_ids]]
+    out = emb[readers.positions(cell_ids, ids, path, f"cells have no embedding in obsm[{key!r}]")]
     if not np.isfinite(out).all():
         raise readers.InputError(f"{path}: obsm[{key!r}] holds NaN or inf")
     return out

@@ -173,6 +173,16 @@ def check_unique(ids: np.ndarray, source, what: str = "cell ids") -> None:
         raise InputError(f"{source}: duplicated {what}, e.g. {[str(u) for u in uniq[n > 1][:3]]}")
 
 
+def positions(wanted, available, source, what: str) -> np.ndarray:
+    """Positions of `wanted` in `available`; the error names `source` and the missing ones:
+    "{source}: N of M {what}, e.g. [...]"."""
+    index = {k: i for i, k in enumerate(available)}
+    missing = [k for k in wanted if k not in index]
+    if missing:
+        raise InputError(f"{source}: {len(missing)} of {len(wanted)} {what}, e.g. {missing[:5]}")
+    return np.array([index[k] for k in wanted], np.int64)
+
+
 def make_slide(
     name: str,
     wsi_path: pathlib.Path,

@@ -33,14 +33,7 @@ def from_file(path: str | pathlib.Path, panel: list[str]) -> np.ndarray:
         raise readers.InputError(f"{path}: gene list not found") from None
     except (ValueError, KeyError, TypeError) as e:
         raise readers.InputError(f'{path}: expected {{"genes": [...]}} ({e})') from e
-    index = {g: i for i, g in enumerate(panel)}
-    missing = [g for g in names if g not in index]
-    if missing:
-        raise readers.InputError(
-            f"{path}: {len(missing)} of {len(names)} genes are not in the shard set's panel, "
-            f"e.g. {missing[:5]}"
-        )
-    return np.array([index[g] for g in names], np.int64)
+    return readers.positions(names, panel, path, "genes are not in the shard set's panel")
 
 
 def hest_hvgs(tile_counts: np.ndarray, slides: list[str], panel: list[str], n: int) -> np.ndarray:

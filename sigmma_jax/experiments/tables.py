@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from sigmma_jax.experiments.suite import Run
 
 EXPRESSION = {"pcc_tile": "pcc_tile_mean", "mse_tile": "mse_tile_mean", "pcc_gene": "pcc_gene_mean"}
-TILE_SD = {"pcc_tile": "pcc_tile_sd", "mse_tile": "mse_tile_sd"}
 RECALLS = ("R@5", "R@10", "R@15")
 DIRECTIONS = ("he_to_st", "st_to_he")
 LABELS = {

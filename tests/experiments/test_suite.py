@@ -1,14 +1,14 @@
 """The paper's experiments end to end on a user's slide (configs/generic.py:demo), shrunk to seconds."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from support import cli
-from support.configs import load_config, shrink
+from support.configs import REPO, load_config, shrink
 from support.slides import pink_slide
 
-import sigmma_jax.experiments.__main__ as command
 from sigmma_jax.experiments import suite, tables
 from sigmma_jax.models import backbones
 from sigmma_jax.train import loop
@@ -95,17 +95,26 @@ def test_suite_fills_every_table_and_resumes(user_slide, tmp_path, monkeypatch):
 
 def test_command_runs_a_suite_from_the_command_line(user_slide, tmp_path):
     config, root = user_slide
-    argv = [
-        "--config=configs/generic.py:demo",
-        f"--config.data.cells={config.data.cells}",
-        f"--config.data.wsi={config.data.wsi}",
-        "--config.data.split.block_tiles=2",
-        "--config.mesh.data=1",
-        "--config.suite.methods=('frozen_backbone',)",
-        "--config.suite.seeds=(3,)",
-        f"--workdir={tmp_path}",
-    ]
-    cli.run(command, argv)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sigmma_jax.experiments",
+            "--config=configs/generic.py:demo",
+            f"--config.data.cells={config.data.cells}",
+            f"--config.data.wsi={config.data.wsi}",
+            "--config.data.split.block_tiles=2",
+            "--config.mesh.data=1",
+            "--config.suite.methods=('frozen_backbone',)",
+            "--config.suite.seeds=(3,)",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[1/1] main/frozen_backbone fold 0 seed 3: " in r.stdout
     out = json.loads((tmp_path / "tables.json").read_text())
     assert list(out["table1"]) == ["frozen_backbone"] and out["n_seeds"] == 1
-    assert (tmp_path / "runs/main/frozen_backbone/fold0/seed3/results.json").exists()
