@@ -105,6 +105,7 @@ def test_command_runs_a_suite_from_the_command_line(user_slide, tmp_path):
             f"--config.data.wsi={config.data.wsi}",
             "--config.data.split.block_tiles=2",
             "--config.mesh.data=1",
+            "--config.train.global_batch=8",
             "--config.suite.methods=('frozen_backbone',)",
             "--config.suite.seeds=(3,)",
             f"--workdir={tmp_path}",
