@@ -29,8 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.xenium_dir = ""  # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
     d.alignment = ""  # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
     d.synthetic = ml_collections.ConfigDict(
-        dict(seed=0, size_um=2560.0, pixel_size_um=0.2737, n_genes=120, cell_density=1.0)
-    )
+        dict(seed=0, size_um=2560.0, pixel_size_um=0.2737, n_genes=120, cell_density=1.0, dir="")
+    )  # dir: where the slide is generated ("" -> <workdir>/slide)
     d.shard_dir = ""  # "" -> <workdir>/shards
     d.target_mpp = 0.5  # µm per pixel of the tiles (20x)
     d.tile_px = 256
@@ -39,12 +39,30 @@ def base_config() -> ml_collections.ConfigDict:
     d.node_budget = 256  # cells per tile after padding; tiles above it follow `overflow`
     d.overflow = "subsample"  # "subsample" (seeded, counted) | "drop" (counted)
     d.graph = "knn"  # "knn" | "radius" | "delaunay", restricted to micro blocks
+    # "block": the graph built inside each micro block | "tile": built over the whole tile, then only
+    # the edges whose two cells share a micro block are kept (the paper's E_micro ⊆ E)
+    d.micro_graph = "block"
     d.knn_k = 6
     d.radius_px = 30.0
     d.chunk_rows = 4  # tile rows per shard chunk: the unit of resume and of parallel work
     d.workers = 2  # preprocessing processes
     # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
     # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
+    # Precomputed per-cell embeddings (stemo, Novae, scGPT...): obsm[cell_embedding_key] of an .h5ad
+    # whose obs_names are the cell ids; cell_embeddings names it ("{slide}" -> the slide's name;
+    # "" -> the generic format's cells file). Stored with each tile's cells.
+    d.cell_embeddings = ""
+    d.cell_embedding_key = ""
+    # What the graph tower embeds per cell: "counts" (normalised log1p counts), "pca" (PCA of them
+    # fitted on the training tiles' cells, data.node_pca components), "embedding" (the stored ones).
+    d.node_features = "counts"
+    d.node_pca = 50
+    # Per-tile inputs computed once per run on the host (sigmma_jax.data.features.TILE_FEATURES):
+    # "expression_pcs" (BLEEP: PCs of the tile's expression, Harmony across slides), "gene_sentence"
+    # (OmiCLIP: the tile's most expressed genes as tokens).
+    d.tile_features = ()
+    d.expression_pcs = ml_collections.ConfigDict(dict(n=50, target_sum=1e4, harmony=True))
+    d.sentence_length = 50
     d.split = ml_collections.ConfigDict(
         dict(by="auto", fold=0, block_tiles=4, test_fraction=0.2, val_fraction=0.0, seed=0)
     )
@@ -93,7 +111,13 @@ def base_config() -> ml_collections.ConfigDict:
             edge_prior=0.5,  # fraction of candidate pairs sampled at initialisation
         )
     )
-    m.mlp = ml_collections.ConfigDict(dict(hidden=256, layers=2))
+    # input: "log1p_counts" (the tile's summed counts) | a tile feature, e.g. "expression_pcs"
+    m.mlp = ml_collections.ConfigDict(dict(hidden=256, layers=2, input="log1p_counts"))
+    # The OmiCLIP-style tower: a transformer over the tile's gene sentence (data.tile_features)
+    m.gene_sentence = ml_collections.ConfigDict(
+        dict(width=256, depth=4, num_heads=8, mlp_ratio=4.0)
+    )
+    m.l2_normalize = True  # unit-length embeddings out of the heads (BLEEP: False)
     m.temperature_init = 0.07
     m.learn_temperature = True
     m.temperature_min = 0.01
@@ -129,6 +153,37 @@ def base_config() -> ml_collections.ConfigDict:
     e.n_genes = 50
     e.probe_embedding = "projected"  # "projected" (the model's scales, concatenated) | "backbone"
     e.knn_k = 50  # knn_expression: nearest training tiles averaged (BLEEP's predictor)
+    # Genes scored: HEST-Bench's var_50genes.json ({"genes": [...]}) when given, else HEST-Bench's
+    # procedure on the tiles (sigmma_jax.evaluation.genes)
+    e.genes_file = ""
+    e.probe_intercept = False  # HEST-Bench: no intercept
+    # "log1p": log1p of raw counts (HEST-Bench) | "log1p_normalized": counts scaled to
+    # eval.target_sum per tile, then log1p
+    e.target = "log1p"
+    e.target_sum = 1e4
+    e.initial = True  # also evaluate the model at initialisation (results_initial.json)
+
+    # The paper's experiments (python -m sigmma_jax.experiments; sigmma_jax.experiments.methods):
+    # every method x fold x seed, Table 3 for each backbone given as NAME (converted weights in
+    # weights/NAME) or NAME=DIR. folds () -> every fold of the shard set; steps > 0 replaces
+    # train.steps in every trained run.
+    c.suite = ml_collections.ConfigDict(
+        dict(
+            methods=(
+                "frozen_backbone",
+                "single_scale_clip",
+                "bleep",
+                "gene_sentence",
+                "sigmma",
+                "graph_single_scale_full",
+                "graph_multiscale_full",
+            ),
+            seeds=(0, 1, 2),
+            folds=(),
+            backbones=(),
+            steps=0,
+        )
+    )
 
     # --- using a trained run: `python -m sigmma_jax.embed` (sigmma_jax.analysis) -----------------------
     # Only data, eval.batch, mesh and this section of the config given to `embed` are read; the
@@ -163,6 +218,7 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
     c.model.remat = False  # a small model fits; on CPUs remat recomputes without saving memory
     c.model.st.update(dict(hidden=64, edge_hidden=16))
+    c.model.gene_sentence.update(dict(width=64, depth=2, num_heads=4, mlp_ratio=2.0))
     c.data.node_budget = 160
     c.data.workers = 2
     c.train.update(
@@ -178,6 +234,9 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     )
     c.eval.batch = 64
+    # The demo suite (python -m sigmma_jax.experiments, 7 methods x 3 seeds) trains each run for 300
+    # steps instead of 400 so that it fits in 45 minutes on two CPU cores (README).
+    c.suite.steps = 300
     return c
 
 

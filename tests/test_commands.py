@@ -16,6 +16,7 @@ COMMANDS = {  # a line of the module's docstring and one of its flags
     "bench": ("Benchmarks", "--batch_sizes"),
     "attention_maps": ("attention maps", "--weights"),
     "embed": ("Embeds a slide", "--[no]figures"),
+    "experiments": ("The paper's experiments in one command", "--workdir"),
 }
 
 

@@ -50,23 +50,38 @@ def _within(xy: np.ndarray, method: str, k: int, radius: float) -> np.ndarray:
     return pairs
 
 
+SCOPES = ("block", "tile")
+
+
 def build_micro_graph(
-    xy: np.ndarray, blocks: np.ndarray, method: str = "knn", k: int = 6, radius: float = 30.0
+    xy: np.ndarray,
+    blocks: np.ndarray,
+    method: str = "knn",
+    k: int = 6,
+    radius: float = 30.0,
+    scope: str = "block",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric edges (senders, receivers), no self loops, both ends in the same micro block.
 
-    kNN is computed inside each block, i.e. a cell's k neighbours are its k nearest cells of its own
-    block (squidpy's generic kNN applied per block), then the graph is symmetrised.
+    scope "block": the graph is built inside each block, i.e. a cell's k neighbours are its k
+    nearest cells of its own block (squidpy's generic kNN applied per block). scope "tile": the
+    paper's E_micro ⊆ E, the graph built over the whole tile and only the edges inside a block kept,
+    so a cell near a block border may keep fewer than k. Either is then symmetrised. (Radius graphs
+    are the same under both; kNN and Delaunay graphs differ.)
     """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown micro graph scope {scope!r}; use one of {SCOPES}")
+    xy = np.asarray(xy, np.float64)
     ids = block_ids(np.asarray(blocks), MICRO_PER_SIDE)
-    all_pairs = []
-    for b in np.unique(ids):
-        members = np.flatnonzero(ids == b)
-        pairs = _within(np.asarray(xy, np.float64)[members], method, k, radius)
-        all_pairs.append(members[pairs])
-    if not all_pairs:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    pairs = np.concatenate(all_pairs)
+    if scope == "tile":
+        pairs = _within(xy, method, k, radius)
+        pairs = pairs[ids[pairs[:, 0]] == ids[pairs[:, 1]]]
+    else:
+        all_pairs = [np.zeros((0, 2), np.int64)]
+        for b in np.unique(ids):
+            members = np.flatnonzero(ids == b)
+            all_pairs.append(members[_within(xy[members], method, k, radius)])
+        pairs = np.concatenate(all_pairs)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     pairs = np.concatenate([pairs, pairs[:, ::-1]])
     pairs = np.unique(pairs, axis=0)

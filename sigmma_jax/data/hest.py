@@ -183,4 +183,14 @@ def read_hest(hest_dir: str | pathlib.Path, sample_id: str, min_qv: float = 20.0
         source=p["transcripts"],
     )
     slide.report = rep
+    slide.group = patient_group(meta, sample_id)
     return slide
+
+
+def patient_group(meta: dict, sample_id: str) -> str:
+    """HEST-Benchmark's fold unit: the sample's (dataset_title, patient); a sample whose metadata
+    names no patient is a group of its own."""
+    patient = meta.get("patient")
+    if patient is None or str(patient).strip().lower() in ("", "nan", "none"):
+        return sample_id
+    return f"{meta.get('dataset_title', '')} / {patient}"

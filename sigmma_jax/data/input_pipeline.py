@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sigmma_jax import scales, sharding
-from sigmma_jax.data import records
+from sigmma_jax.data import features, records
 
 
 class ShardSource(grain.sources.RandomAccessDataSource):
@@ -44,6 +44,30 @@ class ShardSource(grain.sources.RandomAccessDataSource):
 
     def __repr__(self) -> str:  # stable: Grain compares it when restoring iterator state
         return f"ShardSource({self._dir}, split={self._split}, n={len(self)})"
+
+    def record(self, i: int) -> int:
+        """The manifest's record index of item i (what host-side features are indexed by)."""
+        return self._indices[i]
+
+
+class TileSource(grain.sources.RandomAccessDataSource):
+    """Decoded tiles of one split, with the run's host-side features attached (`data.features`)."""
+
+    def __init__(self, shard_dir: str | pathlib.Path, manifest: dict, split: str):
+        self._records = ShardSource(shard_dir, manifest, split)
+        self._features = features.load(manifest)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i: int) -> dict:
+        tile = records.decode(self._records[i])
+        if self._features is not None:
+            tile = self._features.attach(tile, self._records.record(i))
+        return tile
+
+    def __repr__(self) -> str:
+        return f"TileSource({self._records!r}, features={self._features is not None})"
 
 
 def augment(tile: dict, rng: np.random.Generator) -> dict:
@@ -80,7 +104,7 @@ def pad_tile(tile: dict, nodes: int, edges: int) -> dict:
         out[: len(x)] = x
         return out
 
-    return dict(
+    out = dict(
         image=tile["image"],
         tile_counts=tile["tile_counts"],
         counts=pad(tile["counts"], nodes),
@@ -91,12 +115,16 @@ def pad_tile(tile: dict, nodes: int, edges: int) -> dict:
         receivers=pad(tile["receivers"], edges),
         edge_mask=np.arange(edges) < e,
         valid=np.bool_(True),
+        features=dict(tile.get("features", {})),
     )
+    if "node_features" in tile:
+        out["node_features"] = pad(tile["node_features"], nodes)
+    return out
 
 
 def empty_tile(like: dict) -> dict:
     """A padded tile of zeros marked invalid: fills the last evaluation batch."""
-    out = {k: np.zeros_like(v) for k, v in like.items()}
+    out = jax.tree.map(np.zeros_like, like)
     out["valid"] = np.bool_(False)
     return out
 
@@ -114,6 +142,8 @@ def zeros_batch(manifest: dict, batch: int) -> dict[str, Any]:
         tile_counts=np.zeros(g, np.float32),
         meta={},
     )
+    if (feats := features.load(manifest)) is not None:
+        none.update(feats.empty())
     tile = empty_tile(pad_tile(none, manifest["budgets"]["nodes"], manifest["budgets"]["edges"]))
     return collate([tile] * batch)
 
@@ -129,8 +159,13 @@ def collate(tiles: list[dict]) -> dict[str, Any]:
     b = len(tiles)
     cat = lambda k: np.concatenate([t[k] for t in tiles])
     nodes, edges = len(tiles[0]["xy"]), len(tiles[0]["senders"])
+    node_arrays = dict(
+        counts=cat("counts"), xy=cat("xy"), blocks=cat("blocks"), mask=cat("node_mask")
+    )
+    if "node_features" in tiles[0]:
+        node_arrays["features"] = cat("node_features")
     graph = jraph.GraphsTuple(
-        nodes=dict(counts=cat("counts"), xy=cat("xy"), blocks=cat("blocks"), mask=cat("node_mask")),
+        nodes=node_arrays,
         edges=dict(mask=cat("edge_mask")),
         senders=cat("senders"),
         receivers=cat("receivers"),
@@ -139,6 +174,7 @@ def collate(tiles: list[dict]) -> dict[str, Any]:
         globals=dict(
             tile_counts=np.stack([t["tile_counts"] for t in tiles]),
             valid=np.stack([t["valid"] for t in tiles]),
+            **{k: np.stack([t["features"][k] for t in tiles]) for k in tiles[0]["features"]},
         ),
     )
     return dict(image=np.stack([t["image"] for t in tiles]), graph=graph)
@@ -199,14 +235,13 @@ def train_iterator(
     """
     budgets = manifest["budgets"]
     rows = _rows(mesh, global_batch)
-    ds = grain.MapDataset.source(ShardSource(shard_dir, manifest, "train"))
+    ds = grain.MapDataset.source(TileSource(shard_dir, manifest, "train"))
     if len(ds) < global_batch:
         raise ValueError(f"{len(ds)} training tiles, fewer than the global batch {global_batch}")
     # Each epoch is a new permutation cut to whole global batches: a batch that ran across the
     # end of an epoch could hold a tile twice, a false negative for the contrastive loss (in the
     # demo, 26 of the first 400 batches did). The few tiles cut differ from epoch to epoch.
     ds = ds.seed(seed).shuffle()[: len(ds) // global_batch * global_batch].repeat()
-    ds = ds.map(records.decode)
     if augment_tiles:
         ds = ds.random_map(augment)
     ds = ds.map(lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]))
@@ -230,15 +265,13 @@ def eval_batches(
     (graph.globals['valid'] is False for them)."""
     budgets = manifest["budgets"]
     rows = _rows(mesh, global_batch)
-    src = ShardSource(shard_dir, manifest, split)
+    src = TileSource(shard_dir, manifest, split)
     n = len(src)
-    first = pad_tile(records.decode(src[0]), budgets["nodes"], budgets["edges"])
+    first = pad_tile(src[0], budgets["nodes"], budgets["edges"])
     for start in range(0, n, global_batch):
         yield collate(
             [
-                pad_tile(records.decode(src[i]), budgets["nodes"], budgets["edges"])
-                if i < n
-                else empty_tile(first)
+                pad_tile(src[i], budgets["nodes"], budgets["edges"]) if i < n else empty_tile(first)
                 for i in start + rows
             ]
         )

@@ -62,6 +62,9 @@ class Slide:
     dropped_controls: int = 0
     report: dict = dataclasses.field(default_factory=dict)  # what the reader skipped, and why
     cells_file: pathlib.Path | None = None  # where the centroids came from (named in errors)
+    # Samples of one group (HEST: one patient of one dataset) are held out together; "" -> the name.
+    group: str = ""
+    embeddings: np.ndarray | None = None  # (n, d) precomputed per-cell embeddings, if given
 
 
 @contextlib.contextmanager
@@ -363,6 +366,16 @@ def check_unique(ids: np.ndarray, source, what: str = "cell ids") -> None:
     uniq, n = np.unique(ids, return_counts=True)
     if len(uniq) != len(ids):
         raise InputError(f"{source}: duplicated {what}, e.g. {[str(u) for u in uniq[n > 1][:3]]}")
+
+
+def positions(wanted, available, source, what: str) -> np.ndarray:
+    """Positions of `wanted` in `available`; the error names `source` and the missing ones:
+    "{source}: N of M {what}, e.g. [...]"."""
+    index = {k: i for i, k in enumerate(available)}
+    missing = [k for k in wanted if k not in index]
+    if missing:
+        raise InputError(f"{source}: {len(missing)} of {len(wanted)} {what}, e.g. {missing[:5]}")
+    return np.array([index[k] for k in wanted], np.int64)
 
 
 def make_slide(

@@ -23,10 +23,15 @@ FIELDS = {
     "receivers": np.int32,
     "tile_counts": np.float32,  # (genes,) summed raw counts of ALL cells of the tile (eval target)
 }
+# Keys a record holds only when preprocessing had them.
+OPTIONAL = {
+    "cell_embedding": np.float32,  # (n, d) precomputed embedding per kept cell (data.cell_embeddings)
+}
 
 
 def encode(tile: dict[str, Any]) -> bytes:
     rec = {k: np.ascontiguousarray(tile[k]) for k in FIELDS}
+    rec.update({k: np.ascontiguousarray(tile[k]) for k in OPTIONAL if k in tile})
     # Counts are small integers: uint16 keeps records ~2x smaller than float32.
     counts = rec["counts"]
     if counts.size and counts.max() < 65536 and np.all(counts == np.round(counts)):
@@ -41,7 +46,7 @@ def encode(tile: dict[str, Any]) -> bytes:
 def decode(data: bytes) -> dict[str, Any]:
     rec = msgpack.unpackb(data, raw=False)
     out = {}
-    for k, dt in FIELDS.items():
+    for k, dt in {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in rec}}.items():
         dtype, shape, buf = rec[k]
         out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
     out["cell_ids"] = np.asarray(rec["cell_ids"], dtype=object)

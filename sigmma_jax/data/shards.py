@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import tqdm
 
 from sigmma_jax import atomic
-from sigmma_jax.data import graphs, readers, records, sources, tiling, validate, workers
+from sigmma_jax.data import graphs, readers, records, sources, splits, tiling, validate, workers
 from sigmma_jax.workdir import lock as lock_dir
 
 MANIFEST = "manifest.json"
@@ -36,6 +36,7 @@ SHARD_KEYS = (
     "node_budget",
     "overflow",
     "graph",
+    "micro_graph",
     "knn_k",
     "radius_px",
     "chunk_rows",
@@ -74,6 +75,27 @@ def _cells_id(s: readers.Slide) -> str:
     return h.hexdigest()[:16]
 
 
+def with_split(manifest: dict, split: ml_collections.ConfigDict) -> dict:
+    """The manifest with the tiles split by `split` (data.split): `split_config`, each tile's
+    `split`, the record indices per split, `folds` (the held-out groups of samples when split by
+    sample, else []) and the split sizes in the report. Nothing is read or written, so runs that
+    share one shard set can each hold their own split (sigmma_jax.experiments)."""
+    slides = manifest["slides"]
+    tiles = [{k: v for k, v in t.items() if k != "split"} for t in manifest["tiles"]]
+    split_of = splits.make_splits(tiles, slides, split, manifest.get("groups"))
+    by_sample = splits.split_by(slides, split) == "sample"
+    return dict(
+        manifest,
+        split_config=split.to_dict(),
+        tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],
+        splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
+        folds=splits.sample_folds(slides, manifest.get("groups")) if by_sample else [],
+        report=dict(
+            manifest["report"], split_tiles={n: split_of.count(n) for n in ("train", "val", "test")}
+        ),
+    )
+
+
 def shard_hash(
     config: ml_collections.ConfigDict, slides: list[readers.Slide], panel: list[str]
 ) -> str:
@@ -82,6 +104,8 @@ def shard_hash(
     d = config.data
     ident = {k: d[k] for k in SHARD_KEYS}
     ident.update(record_version=records.VERSION, panel=list(panel))
+    if d.cell_embedding_key:  # records then hold the embeddings too
+        ident["cell_embeddings"] = (d.cell_embeddings, d.cell_embedding_key)
     ident["slides"] = [
         (s.name, _file_id(s.wsi_path), s.image_shape, s.pixel_size_um, len(s.xy), _cells_id(s))
         for s in slides
@@ -129,6 +153,7 @@ class Chunk:
     xy: np.ndarray  # (n, 2) tile-pixel coordinates
     counts: sp.csr_matrix  # (n, panel)
     cell_ids: np.ndarray  # (n,) the input's cell ids
+    embeddings: np.ndarray | None  # (n, d) precomputed per-cell embeddings, if any
     settings: dict
     shard_hash: str
     out_dir: pathlib.Path
@@ -182,23 +207,24 @@ def run_chunk(c: Chunk) -> dict:
                 rep["cells_subsampled_away"] += int(n) - s["node_budget"]
             xy = c.xy[idx]
             blocks = graphs.micro_blocks(xy, c.grid.tile_px)
-            snd, rcv = graphs.build_micro_graph(xy, blocks, s["graph"], s["knn_k"], s["radius_px"])
-            meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
-            payload.append(
-                records.encode(
-                    dict(
-                        image=image,
-                        xy=xy,
-                        blocks=blocks,
-                        counts=c.counts[idx].toarray(),
-                        senders=snd,
-                        receivers=rcv,
-                        tile_counts=tile_counts,
-                        cell_ids=c.cell_ids[idx],
-                        meta=meta,
-                    )
-                )
+            snd, rcv = graphs.build_micro_graph(
+                xy, blocks, s["graph"], s["knn_k"], s["radius_px"], s["micro_graph"]
             )
+            meta = dict(slide=c.slide, row=row, col=col, n_cells=int(n))
+            record = dict(
+                image=image,
+                xy=xy,
+                blocks=blocks,
+                counts=c.counts[idx].toarray(),
+                senders=snd,
+                receivers=rcv,
+                tile_counts=tile_counts,
+                cell_ids=c.cell_ids[idx],
+                meta=meta,
+            )
+            if c.embeddings is not None:
+                record["cell_embedding"] = c.embeddings[idx]
+            payload.append(records.encode(record))
             tiles.append(dict(meta, n_kept=len(idx), n_edges=len(snd)))
             rep["cells_kept"] += len(idx)
     shard = None
@@ -303,8 +329,12 @@ def _preprocess(
             if problem:
                 raise readers.InputError(f"{out_dir}: {problem}")
             return old
-    else:
-        _remove_unfinished(out_dir, h)
+        # Only the split changed: refused as a fresh split would be, else recorded.
+        validate.split_tiles(old["tiles"], old["slides"], config, groups=old.get("groups"))
+        manifest = with_split(old, d.split)
+        atomic.write_json(manifest_path, manifest)
+        return manifest
+    _remove_unfinished(out_dir, h)
 
     settings = {k: d[k] for k in SHARD_KEYS}
     names, todo, slide_report, surveys = [], [], {}, []
@@ -349,6 +379,7 @@ def _preprocess(
                 local[sel],
                 counts[sel],
                 slide.cell_ids[sel],
+                None if slide.embeddings is None else slide.embeddings[sel],
                 settings,
                 h,
                 out_dir,
@@ -396,18 +427,18 @@ def _preprocess(
             f"node_budget={d.node_budget} with overflow={d.overflow!r}) among "
             f"{validate.grids(surveys, d)}: {report}"
         )
-    split_of = validate.split_tiles(tiles, slide_names, config)
+    validate.split_tiles(
+        tiles, slide_names, config, groups={s.name: s.group or s.name for s in slides}
+    )
     report.update(
         tiles_kept=len(tiles),
         slides=slide_report,
         genes=len(panel),
-        split_tiles={n: split_of.count(n) for n in ("train", "val", "test")},
         seconds=round(time.time() - t0, 1),
     )
     manifest = dict(
         version=records.VERSION,
         shard_hash=h,
-        split_config=split_cfg,
         settings=settings,
         genes=panel,
         budgets=dict(
@@ -415,13 +446,15 @@ def _preprocess(
             edges=_round_up(max(t["n_edges"] for t in tiles), 64),
         ),
         slides=slide_names,
+        groups={s.name: s.group or s.name for s in slides},
         shards=shards,
-        tiles=[dict(t, split=s) for t, s in zip(tiles, split_of)],
-        splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
+        tiles=tiles,
         report=report,
     )
+    manifest = with_split(manifest, d.split)
     atomic.write_json(manifest_path, manifest)
     logging.info(
-        "preprocessing report: %s", json.dumps({k: v for k, v in report.items() if k != "slides"})
+        "preprocessing report: %s",
+        json.dumps({k: v for k, v in manifest["report"].items() if k != "slides"}),
     )
     return manifest

@@ -11,7 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from sigmma_jax.data import readers
+from sigmma_jax.data import cell_embeddings, readers
 
 
 def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
@@ -19,7 +19,7 @@ def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[read
 
     s = d.synthetic
     out = synthetic.write_synthetic_slide(
-        workdir / "slide",
+        s.dir or workdir / "slide",
         seed=s.seed,
         size_um=s.size_um,
         pixel_size_um=s.pixel_size_um,
@@ -102,10 +102,13 @@ def load_obs(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
 def load_slides(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path
 ) -> list[readers.Slide]:
-    """The slides of `config.data` (the synthetic one is generated into `workdir/slide` first)."""
+    """The slides of `config.data` (the synthetic one is generated into `workdir/slide` first), with
+    their precomputed cell embeddings when data.cell_embedding_key names them."""
     source = config.data.source
     if source not in SOURCES:
         raise readers.InputError(
             f"unknown data.source {source!r}; expected one of {sorted(SOURCES)}"
         )
-    return SOURCES[source](config.data, pathlib.Path(workdir))
+    slides = SOURCES[source](config.data, pathlib.Path(workdir))
+    cell_embeddings.attach(slides, config.data)
+    return slides

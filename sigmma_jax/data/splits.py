@@ -1,8 +1,9 @@
 """Train / val / test splits of a shard set's tiles; never random tiles (docs/method.md, "Splits").
 
 Neighbouring tiles share cells' context, so a random split leaks: one slide is split by spatial
-blocks of tiles, several slides leave one sample out (HEST-Benchmark). Splits are a function of the
-tiles and the split config only, so changing them rewrites the manifest, never the shards.
+blocks of tiles, several slides leave one group of samples out (HEST-Benchmark: a patient's samples
+are held out together). Splits are a function of the tiles, their samples' groups and the split
+config only, so changing them rewrites the manifest, never the shards.
 """
 
 from __future__ import annotations
@@ -40,19 +41,34 @@ def spatial_splits(
     return [assign[k] for k in keys]
 
 
-def sample_splits(tiles: list[dict], slides: list[str], fold: int) -> list[str]:
-    """Leave-one-sample-out (HEST-Benchmark): fold k tests on the k-th slide, trains on the rest."""
-    if not 0 <= fold < len(slides):
-        raise readers.InputError(
-            f"split fold {fold} does not exist: {len(slides)} samples {slides}"
-        )
-    return ["test" if t["slide"] == slides[fold] else "train" for t in tiles]
+def sample_folds(slides: list[str], groups: dict[str, str] | None = None) -> list[list[str]]:
+    """HEST-Benchmark's folds: the samples grouped by patient (`groups`: sample -> group, e.g.
+    "dataset_title / patient"; a sample without one is its own group), groups in order of their
+    first sample. Fold k holds out group k."""
+    out: dict[str, list[str]] = {}
+    for s in slides:
+        out.setdefault((groups or {}).get(s) or s, []).append(s)
+    return list(out.values())
 
 
-def make_splits(tiles: list[dict], slides: list[str], split) -> list[str]:
-    by = split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
-    if by == "sample":
-        return sample_splits(tiles, slides, split.fold)
+def split_by(slides: list[str], split) -> str:
+    """ "sample" (leave one group of samples out) or "space" (spatial blocks)."""
+    return split.by if split.by != "auto" else ("sample" if len(slides) > 1 else "space")
+
+
+def sample_splits(tiles: list[dict], folds: list[list[str]], fold: int) -> list[str]:
+    """Leave-one-group-out (HEST-Benchmark): fold k tests on the samples of group k."""
+    if not 0 <= fold < len(folds):
+        raise readers.InputError(f"split fold {fold} does not exist: {len(folds)} folds {folds}")
+    held_out = set(folds[fold])
+    return ["test" if t["slide"] in held_out else "train" for t in tiles]
+
+
+def make_splits(
+    tiles: list[dict], slides: list[str], split, groups: dict[str, str] | None = None
+) -> list[str]:
+    if split_by(slides, split) == "sample":
+        return sample_splits(tiles, sample_folds(slides, groups), split.fold)
     return spatial_splits(
         tiles, split.block_tiles, split.test_fraction, split.val_fraction, split.seed
     )

@@ -172,7 +172,9 @@ def check_candidates(surveys: list[Survey], config: ml_collections.ConfigDict) -
             + ": "
             + grids(surveys, d)
         )
-    return split_tiles(tiles, [s.slide.name for s in surveys], config, estimate=True)
+    names = [s.slide.name for s in surveys]
+    groups = {s.slide.name: s.slide.group or s.slide.name for s in surveys}
+    return split_tiles(tiles, names, config, estimate=True, groups=groups)
 
 
 def candidate_tiles(
@@ -198,14 +200,16 @@ def split_tiles(
     slide_names: list[str],
     config: ml_collections.ConfigDict,
     estimate: bool = False,
+    groups: dict[str, str] | None = None,
 ) -> list[str]:
     """The split of `tiles`, refused when training or evaluation could not run on it; `estimate`
-    marks tiles counted before the filters that read pixels."""
-    split_of = splits.make_splits(tiles, slide_names, config.data.split)
+    marks tiles counted before the filters that read pixels; `groups` (sample -> group) are held out
+    together when splitting by sample."""
+    split_of = splits.make_splits(tiles, slide_names, config.data.split, groups)
     problem = split_problem(split_of, config)
     if problem:
         when = " (tiles with enough cells, before the tissue filter)" if estimate else ""
-        raise InputError(problem + when + _advice(tiles, slide_names, config))
+        raise InputError(problem + when + _advice(tiles, slide_names, config, groups))
     return split_of
 
 
@@ -225,18 +229,24 @@ def split_problem(split_of: list[str], config: ml_collections.ConfigDict) -> str
     return ""
 
 
-def _advice(tiles: list[dict], slide_names: list[str], config: ml_collections.ConfigDict) -> str:
+def _advice(
+    tiles: list[dict],
+    slide_names: list[str],
+    config: ml_collections.ConfigDict,
+    groups: dict[str, str] | None,
+) -> str:
     """What to change: the first split setting that would give a usable split, when one does."""
     s, batch = config.data.split, config.train.global_batch
     by = s.by if s.by != "auto" else ("sample" if len(slide_names) > 1 else "space")
     if by == "space":
         trials = [("block_tiles", b) for b in range(s.block_tiles - 1, 0, -1)]
     else:
-        trials = [("fold", k) for k in range(len(slide_names)) if k != s.fold]
+        n_folds = len(splits.sample_folds(slide_names, groups))
+        trials = [("fold", k) for k in range(n_folds) if k != s.fold]
     for key, value in trials:
         split = ml_collections.ConfigDict(s.to_dict())
         split[key] = value
-        if not split_problem(splits.make_splits(tiles, slide_names, split), config):
+        if not split_problem(splits.make_splits(tiles, slide_names, split, groups), config):
             return f"; --config.data.split.{key}={value} would do (or lower train.global_batch)"
     if len(tiles) <= batch:
         return (

@@ -2,8 +2,9 @@
 `config.eval_every` steps when set); results are keyed by evaluator.
 
 A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs) and
-`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`. The model runs once per split
-(`inference.embed_split`), whatever the number of evaluators.
+`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`; `embeddings` holds each
+split's embeddings and targets, and "genes", the panel indices Task 1 scores. The model runs once per
+split (`inference.embed_split`), whatever the number of evaluators.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pathlib
 import time
 
 import ml_collections
+import numpy as np
 
+from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.evaluation import knn_expression, probe, retrieval
 
 EVALUATORS = {
@@ -63,14 +66,20 @@ def evaluate(
     config: ml_collections.ConfigDict,
     mesh,
     embeddings: dict | None = None,
+    genes: np.ndarray | None = None,
 ) -> dict:
     """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`;
-    `embeddings` (from `embed`, holding at least the splits needed) saves running the model."""
+    `embeddings` (from `embed`, holding at least the splits needed) saves running the model. Task 1
+    scores `genes` (panel indices; None: `genes.select` chooses them)."""
+    if genes is None:
+        genes = genes_lib.select(config, manifest, shard_dir)
     t0 = time.time()
     need = splits(config.evals)
     if embeddings is None:
         embeddings = embed(apply, params, shard_dir, manifest, config, mesh, need)
-    results = {n: EVALUATORS[n].evaluate(embeddings, config) for n in config.evals}
+    results = {
+        n: EVALUATORS[n].evaluate(dict(embeddings, genes=genes), config) for n in config.evals
+    }
     sizes = ", ".join(f"{len(embeddings[s]['targets'])} {s}" for s in need)
     logging.info(
         "evaluated %s on %s tiles in %.1fs", "/".join(config.evals), sizes, time.time() - t0

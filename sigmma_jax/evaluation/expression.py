@@ -1,29 +1,31 @@
 """Task 1 targets and scores shared by the expression evaluators (`probe`, `knn_expression`):
-log1p tile expression, the genes scored, and Pearson / MSE per tile and per gene
-(docs/method.md, "Gene expression prediction")."""
+tile expression targets and Pearson / MSE per tile and per gene (docs/method.md, "Gene expression
+prediction"). The genes scored are chosen in `sigmma_jax.evaluation.genes`."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from sigmma_jax.data.features import normalized_log1p
 from sigmma_jax.scales import SCALES
 
+TARGETS = ("log1p", "log1p_normalized")
 
-def tile_targets(counts_sum: np.ndarray) -> np.ndarray:
-    """Expression targets: log1p of each tile's summed raw cell counts, (tiles, genes)."""
+
+def tile_targets(
+    counts_sum: np.ndarray, target: str = "log1p", target_sum: float = 1e4
+) -> np.ndarray:
+    """Expression targets of tiles, (tiles, genes), from each tile's summed raw cell counts:
+    "log1p" of the raw counts (HEST-Benchmark's target), or "log1p_normalized", log1p of the counts
+    scaled to `target_sum` per tile (eval.target, eval.target_sum)."""
     counts_sum = np.asarray(counts_sum, dtype=np.float64)
     if np.any(counts_sum < 0):
         raise ValueError("raw counts must be non-negative")
-    return np.log1p(counts_sum)
-
-
-def select_hvgs(train_targets: np.ndarray, n: int = 50) -> np.ndarray:
-    """Indices of the `n` genes of highest variance over training tiles, most variable first.
-
-    Ties go to the lower index (stable sort); with fewer than `n` genes all are returned.
-    """
-    var = np.asarray(train_targets, dtype=np.float64).var(axis=0)
-    return np.argsort(-var, kind="stable")[:n]
+    if target == "log1p":
+        return np.log1p(counts_sum)
+    if target == "log1p_normalized":
+        return normalized_log1p(counts_sum, target_sum)
+    raise ValueError(f"unknown eval.target {target!r}; expected one of {TARGETS}")
 
 
 def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

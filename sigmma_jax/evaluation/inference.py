@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from sigmma_jax import sharding
 from sigmma_jax.data import input_pipeline
+from sigmma_jax.evaluation import expression
 from sigmma_jax.scales import SCALES
 
 
@@ -58,7 +59,8 @@ def embed_split(
     config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> dict:
-    """{"he", "st", "he_backbone": {scale: (N, D)}, "targets": (N, genes) log1p tile counts}."""
+    """{"he", "st", "he_backbone": {scale: (N, D)}, "targets": (N, genes) tile expression targets
+    (eval.target)}."""
     parts = []
     batches = input_pipeline.eval_batches(shard_dir, manifest, split, config.eval.batch, mesh)
     for batch in batches:
@@ -67,7 +69,9 @@ def embed_split(
         parts.append(
             dict(
                 **{k: {s: v[keep] for s, v in out[k].items()} for k in ("he", "st", "he_backbone")},
-                targets=np.log1p(np.asarray(out["tile_counts"])[keep]),
+                targets=expression.tile_targets(
+                    np.asarray(out["tile_counts"])[keep], config.eval.target, config.eval.target_sum
+                ),
             )
         )
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

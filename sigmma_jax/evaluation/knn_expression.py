@@ -1,6 +1,6 @@
 """Task 1 by BLEEP's predictor (docs/method.md, "Gene expression prediction"): a test tile's
 expression is the mean expression of the k training tiles whose ST embeddings are nearest to its HE
-embedding in the joint space. Scored on the probe's genes (the training tiles' top HVGs)."""
+embedding in the joint space. Scored on the probe's genes (`sigmma_jax.evaluation.genes`)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def joint(split: dict, key: str) -> np.ndarray:
 def evaluate(embeddings: dict, config) -> dict:
     """HE embeddings of test tiles against ST embeddings of training tiles, in the joint space."""
     train, test = embeddings["train"], embeddings["test"]
-    genes = expression.select_hvgs(train["targets"], config.eval.n_genes)
+    genes = embeddings["genes"]
     pred = knn_expression(
         joint(train, "st"), train["targets"][:, genes], joint(test, "he"), config.eval.knn_k
     )

@@ -26,7 +26,7 @@ FILE = "predictors.npz"
 @dataclasses.dataclass
 class Predictors:
     genes: np.ndarray  # (genes,) str: the run's panel, the columns of every prediction
-    eval_genes: np.ndarray  # (n,) int: the evaluation's genes (top HVGs of the training tiles)
+    eval_genes: np.ndarray  # (n,) int: the genes Task 1 scored (`evaluation.genes`)
     probe: probe.Probe
     probe_embedding: str  # "he" (projected) or "he_backbone"
     knn_keys: np.ndarray  # (train tiles, scales * E) float32 joint-space ST embeddings
@@ -42,14 +42,15 @@ class Predictors:
         return self.probe.predict(x), knn
 
 
-def fit(train: dict, genes: list[str], config) -> Predictors:
-    """From the training split's embeddings (`inference.embed_split`) and the run's config."""
-    key = "he" if config.eval.probe_embedding == "projected" else "he_backbone"
+def fit(train: dict, genes: list[str], config, eval_genes: np.ndarray) -> Predictors:
+    """From the training split's embeddings (`inference.embed_split`), the run's config and the
+    panel indices Task 1 scored (`evaluation.genes.select`)."""
+    key = probe.EMBEDDINGS[config.eval.probe_embedding]
     targets = np.asarray(train["targets"], np.float64)
-    n_eval = min(config.eval.n_genes, targets.shape[1])
+    n_eval = len(eval_genes)
     return Predictors(
         genes=np.asarray(genes, str),
-        eval_genes=expression.select_hvgs(targets, n_eval),
+        eval_genes=np.asarray(eval_genes, np.int64),
         probe=probe.fit(
             expression.features(train, key),
             targets,

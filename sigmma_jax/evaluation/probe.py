@@ -89,21 +89,21 @@ def linear_probe(
     test_x: np.ndarray,
     test_y: np.ndarray,
     *,
+    genes: np.ndarray | None = None,
     n_components: int = 256,
-    n_genes: int = 50,
     fit_intercept: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """HEST-Benchmark linear probe: StandardScaler -> PCA -> Ridge on the top HVGs of train_y.
+    """HEST-Benchmark linear probe (`fit`) on the columns `genes` of the targets (None: all;
+    `sigmma_jax.evaluation.genes` chooses them as HEST-Benchmark does), scored on the test tiles.
 
-    `train_y` / `test_y` are already log1p tile expression (see `expression.tile_targets`). PCA is capped at
-    min(n_train, n_features) components; alpha = 100 / (n_pca_features * n_genes), solver lsqr,
-    no intercept, as in HEST-Benchmark. Two deliberate differences, both numerical: PCA is exact
-    (full SVD; HEST's sklearn "auto" turns randomized and unseeded for 1024-d embeddings, which
-    moved the metrics by ~1% in our checks), and lsqr runs to tol 1e-8 (see _RIDGE_TOL).
+    `train_y` / `test_y` are tile expression targets (`expression.tile_targets`). Two deliberate
+    differences from HEST-Benchmark, both numerical: PCA is exact (full SVD; HEST's sklearn "auto"
+    turns randomized and unseeded for 1024-d embeddings, which moved the metrics by ~1% in our
+    checks), and lsqr runs to tol 1e-8 (see _RIDGE_TOL).
 
-    Caveat of "no intercept": the PCA features are centred on the training tiles, so the probe
-    predicts each gene's deviation from zero, not from its training mean. Per-gene PCC (HEST's
+    Caveat of "no intercept" (HEST's): the PCA features are centred on the training tiles, so the
+    probe predicts each gene's deviation from zero, not from its training mean. Per-gene PCC (HEST's
     metric) is blind to that, but per-tile PCC and MSE (SIGMMA's) are not: they pay for the
     missing gene means. `fit_intercept=True` adds the training mean back, all else equal.
 
@@ -117,28 +117,28 @@ def linear_probe(
         raise ValueError("x and y must have the same number of tiles")
     if train_x.shape[1] != test_x.shape[1] or train_y.shape[1] != test_y.shape[1]:
         raise ValueError("train and test must have the same feature and gene dimensions")
-
-    genes = expression.select_hvgs(train_y, n_genes)
-    probe = fit(
-        train_x,
-        train_y[:, genes],
-        n_components=n_components,
-        fit_intercept=fit_intercept,
-        seed=seed,
-    )
-    pred = probe.predict(test_x)
-    return {**expression.scores(pred, test_y[:, genes]), "n_components": probe.coef.shape[1]}
+    if genes is not None:
+        train_y, test_y = train_y[:, genes], test_y[:, genes]
+    probe = fit(train_x, train_y, n_components=n_components, fit_intercept=fit_intercept, seed=seed)
+    return {
+        **expression.scores(probe.predict(test_x), test_y),
+        "n_components": int(probe.coef.shape[1]),
+        "fit_intercept": bool(fit_intercept),
+    }
 
 
 def evaluate(embeddings: dict, config) -> dict:
-    """The probe on the projected HE embeddings (or the backbone's: eval.probe_embedding)."""
+    """The probe on the model's projected HE embeddings (or the backbone's: eval.probe_embedding),
+    on the genes of `embeddings["genes"]`, with eval.probe_intercept."""
     key = EMBEDDINGS[config.eval.probe_embedding]
     train, test = embeddings["train"], embeddings["test"]
-    return linear_probe(
+    result = linear_probe(
         expression.features(train, key),
         train["targets"],
         expression.features(test, key),
         test["targets"],
+        genes=embeddings["genes"],
         n_components=config.eval.pca_components,
-        n_genes=config.eval.n_genes,
+        fit_intercept=config.eval.probe_intercept,
     )
+    return dict(result, target=config.eval.target)

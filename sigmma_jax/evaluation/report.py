@@ -71,7 +71,7 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+def md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return lines
@@ -107,7 +107,7 @@ def _markdown(results: dict) -> str:
                 vals = [_recall(results, m, d, s, k) for k in keys for m in models]
                 if any(v is not None for v in vals):
                     rows.append([d.replace("_to_", "→").upper(), s] + [_fmt(v) for v in vals])
-        lines += _table(header, rows) + [""]
+        lines += md_table(header, rows) + [""]
 
     for evaluator, title in EXPRESSION.items():
         found = {m: results[m][evaluator] for m in models if evaluator in results[m]}
@@ -125,7 +125,7 @@ def _markdown(results: dict) -> str:
                     cell += f" ± {_fmt(p[sd_key])}"
                 cells.append(cell)
             rows.append([label] + cells)
-        lines += _table(["metric"] + list(found), rows) + [""]
+        lines += md_table(["metric"] + list(found), rows) + [""]
     notes = [f"- {m}: {MODEL_NOTES[m]}" for m in models if m in MODEL_NOTES]
     if notes:
         lines += ["Columns:", ""] + notes + [""]
@@ -135,13 +135,13 @@ def _markdown(results: dict) -> str:
 # --------------------------------------------------------------------------- plots
 
 
-def _save_png(fig: Figure, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     with atomic.open_atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
 
 
-def _chance(key: str, n: Any) -> float | None:
+def chance(key: str, n: Any) -> float | None:
     # Random ranking puts the partner in the top k with probability k / N, k = ceil(p% * N).
     try:
         p = float(key.removeprefix("R@"))
@@ -169,16 +169,16 @@ def _plot_recall(results: dict, path: Path) -> bool:
                 vals = [_recall(results, m, d, s, k) for s in RETRIEVAL_SCALES]
                 vals = [np.nan if v is None else v for v in vals]
                 ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
-            chance = _chance(k, results.get("n_test_tiles"))
-            if chance is not None:
-                ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+            level = chance(k, results.get("n_test_tiles"))
+            if level is not None:
+                ax.axhline(level, color="grey", ls="--", lw=1, label="chance")
             ax.set_xticks(x, RETRIEVAL_SCALES)
             ax.set_ylim(0, 1)
             ax.set_title(f"{d.replace('_to_', '→').upper()}  {k}%")
     axes[0, 0].set_ylabel("recall")
     axes[1, 0].set_ylabel("recall")
     axes[0, -1].legend(loc="upper left", fontsize="small")
-    _save_png(fig, path)
+    save_png(fig, path)
     return True
 
 
@@ -204,7 +204,7 @@ def _plot_training(history: list[dict], path: Path) -> None:
     steps, vals = _series(history, "temperature")
     ax_temp.plot(steps, vals)
     ax_temp.set(xlabel="step", ylabel="τ", title="temperature")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 # --------------------------------------------------------------------------- public

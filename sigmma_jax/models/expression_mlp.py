@@ -1,6 +1,8 @@
 """ST tower of the single-scale baselines: an MLP on the tile's expression (docs/method.md,
-"Baselines"). It sees the tile's summed counts (the same log1p the evaluation predicts), no cells and
-no graph; its one scale is "macro".
+"Baselines"). It sees no cells and no graph, only the tile: by default its summed counts (the same
+log1p the evaluation predicts); for BLEEP a host-side tile feature, the batch-corrected principal
+components of the tile's expression (`input="expression_pcs"`, `data.features`). Its one scale is
+"macro".
 """
 
 from __future__ import annotations
@@ -11,15 +13,28 @@ import jax.numpy as jnp
 import jraph
 
 
+def tile_feature(graph: jraph.GraphsTuple, name: str, tower: str) -> jax.Array:
+    """A host-side tile feature of the batch, with the setting that provides it named if absent."""
+    if name not in graph.globals:
+        raise ValueError(
+            f"the {tower} ST tower reads the tile feature {name!r}: add it to data.tile_features"
+        )
+    return graph.globals[name]
+
+
 class ExpressionMLP(nn.Module):
     hidden: int = 256
     layers: int = 2
+    input: str = "log1p_counts"  # or a tile feature (data.tile_features), e.g. "expression_pcs"
     scales = ("macro",)
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> dict[str, jax.Array]:
         del train
-        h = jnp.log1p(graph.globals["tile_counts"])
+        if self.input == "log1p_counts":
+            h = jnp.log1p(graph.globals["tile_counts"])
+        else:
+            h = tile_feature(graph, self.input, "mlp").astype(jnp.float32)
         for i in range(self.layers):
             h = nn.gelu(
                 nn.LayerNorm()(nn.Dense(self.hidden, name=f"dense_{i}")(h)), approximate=False

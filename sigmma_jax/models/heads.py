@@ -7,10 +7,12 @@ import jax.numpy as jnp
 
 
 class ProjectionHead(nn.Module):
-    """BLEEP's head: Linear -> GELU -> Linear -> dropout, residual, LayerNorm; then L2-normalised."""
+    """BLEEP's head: Linear -> GELU -> Linear -> dropout, residual, LayerNorm; then L2-normalised
+    (BLEEP itself keeps the LayerNorm output: `normalize=False`)."""
 
     dim: int
     dropout: float
+    normalize: bool = True
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -18,4 +20,6 @@ class ProjectionHead(nn.Module):
         h = nn.Dense(self.dim, name="fc")(nn.gelu(p, approximate=False))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.LayerNorm()(h + p)
+        if not self.normalize:
+            return h
         return h / jnp.linalg.norm(h, axis=-1, keepdims=True).clip(1e-6)

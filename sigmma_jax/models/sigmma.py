@@ -19,14 +19,20 @@ import jax.numpy as jnp
 import ml_collections
 
 from sigmma_jax.models.expression_mlp import ExpressionMLP
+from sigmma_jax.models.gene_sentence import GeneSentence
 from sigmma_jax.models.he_encoder import MultiCrop, WholeTile
 from sigmma_jax.models.heads import ProjectionHead
 from sigmma_jax.models.st_encoder import STEncoder
 from sigmma_jax.scales import SCALES
 
 HE_TOWERS = {"multi_crop": MultiCrop, "whole_tile": WholeTile}
-# Each ST tower is built from its own config section: model.st for "graph", model.mlp for "mlp".
-ST_TOWERS = {"graph": (STEncoder, "st"), "mlp": (ExpressionMLP, "mlp")}
+# Each ST tower is built from its own config section: model.st for "graph", model.mlp for "mlp",
+# model.gene_sentence for "gene_sentence".
+ST_TOWERS = {
+    "graph": (STEncoder, "st"),
+    "mlp": (ExpressionMLP, "mlp"),
+    "gene_sentence": (GeneSentence, "gene_sentence"),
+}
 
 
 class SIGMMA(nn.Module):
@@ -36,14 +42,15 @@ class SIGMMA(nn.Module):
     scales: tuple[str, ...] = SCALES
     embed_dim: int = 256
     head_dropout: float = 0.1
+    l2_normalize: bool = True
     temperature_init: float = 0.07
     learn_temperature: bool = True
     temperature_min: float = 0.01
 
     def setup(self):
         self.he = HE_TOWERS[self.he_tower](self.backbone)
-        self.he_head = ProjectionHead(self.embed_dim, self.head_dropout)
-        self.st_head = ProjectionHead(self.embed_dim, self.head_dropout)
+        self.he_head = ProjectionHead(self.embed_dim, self.head_dropout, self.l2_normalize)
+        self.st_head = ProjectionHead(self.embed_dim, self.head_dropout, self.l2_normalize)
         self.log_temperature = self.param(
             "log_temperature", nn.initializers.constant(jnp.log(self.temperature_init)), ()
         )
@@ -107,6 +114,7 @@ def build(config: ml_collections.ConfigDict, backbone: nn.Module) -> SIGMMA:
         scales=model_scales(config),
         embed_dim=m.embed_dim,
         head_dropout=m.head_dropout,
+        l2_normalize=m.l2_normalize,
         temperature_init=m.temperature_init,
         learn_temperature=m.learn_temperature,
         temperature_min=m.temperature_min,

@@ -148,8 +148,12 @@ class STEncoder(nn.Module):
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, train: bool = False) -> dict[str, jax.Array]:
         counts, mask, blocks, adj = dense_tiles(graph)
-        # Library-size normalisation then log1p, the usual Xenium per-cell normalisation.
-        x = jnp.log1p(counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0) * self.target_sum)
+        if "features" in graph.nodes:  # data.node_features: PCA of the counts, or precomputed
+            x = graph.nodes["features"].reshape(*mask.shape, -1)
+        else:  # library-size normalisation then log1p, the usual Xenium per-cell normalisation
+            x = jnp.log1p(
+                counts / jnp.maximum(counts.sum(-1, keepdims=True), 1.0) * self.target_sum
+            )
         h = gelu(nn.LayerNorm()(nn.Dense(self.hidden, name="embed")(x)))
 
         n = mask.shape[1]

@@ -23,8 +23,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sigmma_jax import atomic, config_check, evaluation, sharding
-from sigmma_jax.data import input_pipeline, shards
-from sigmma_jax.evaluation import inference, predictors, report
+from sigmma_jax.data import features, input_pipeline, shards
+from sigmma_jax.evaluation import genes, inference, predictors, report
 from sigmma_jax.models import backbones, sigmma
 from sigmma_jax.scales import SCALES
 from sigmma_jax.train import checkpoints, health, metrics, optimizer, run_info
@@ -48,7 +48,9 @@ class Evaluator:
 
     def __init__(self, model, config, workdir, manifest, mesh):
         self.apply = inference.make_embed_fn(model, mesh)
-        self.args = (shards.shard_dir(config, workdir), manifest, config, mesh)
+        shard_dir = shards.shard_dir(config, workdir)
+        self.args = (shard_dir, manifest, config, mesh)
+        self.genes = genes.select(config, manifest, shard_dir)  # Task 1's genes, chosen once
 
     def embed(self, params, splits) -> dict:
         """{split: embeddings} of `params` (`evaluation.embed`)."""
@@ -56,7 +58,7 @@ class Evaluator:
 
     def __call__(self, params, embeddings: dict | None = None) -> dict:
         logging.info("evaluating %s", "/".join(self.args[2].evals))
-        return evaluation.evaluate(self.apply, params, *self.args, embeddings)
+        return evaluation.evaluate(self.apply, params, *self.args, embeddings, genes=self.genes)
 
 
 class Trained(NamedTuple):
@@ -104,9 +106,10 @@ def train(
         state = checkpoints.restore(mngr, abstract, it)
     else:
         state = state_lib.initialise(model, tx, config, manifest, mesh, shardings)
-        initial = evaluate(state.params)
-        if jax.process_index() == 0:
-            atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
+        if config.eval.initial:
+            initial = evaluate(state.params)
+            if jax.process_index() == 0:
+                atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
     health.log_param_counts(state.params)
     step_fn = step_lib.make_train_step(model, tx, config, mesh, shardings)
     start = int(state.step)
@@ -194,10 +197,15 @@ class _Progress:
         self.t, self.tiles = now, 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, manifest: dict | None = None
+) -> dict:
     """Preprocess (if needed), train (resuming if possible), evaluate; write the results files.
 
-    Process 0 holds the workdir's lock for the whole run (`sigmma_jax.workdir`)."""
+    With `manifest` (runs sharing one shard set, `sigmma_jax.experiments`), nothing is
+    preprocessed: the run trains and evaluates on that manifest's split of data.shard_dir.
+    Process 0 holds the workdir's lock for the whole run (`sigmma_jax.workdir`).
+    """
     config_check.validate(config)
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
@@ -205,15 +213,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         backbones.read_meta(config.model.backbone_weights)
     primary = jax.process_index() == 0
     with lock_dir(workdir) if primary else contextlib.nullcontext():
-        return _train_and_evaluate(config, workdir)
+        return _train_and_evaluate(config, workdir, manifest)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, manifest: dict | None
+) -> dict:
     mesh = sharding.make_mesh(config)
+    shard_dir = shards.shard_dir(config, workdir)
+    if manifest is None:
+        if jax.process_index() == 0:
+            shards.preprocess(config, workdir)
+        multihost_utils.sync_global_devices("preprocessed")
+        manifest = shards.read_manifest(shard_dir)
+    # Host-side inputs (BLEEP's PCs, gene sentences, node PCA) for this run's split, written once.
     if jax.process_index() == 0:
-        shards.preprocess(config, workdir)
-    multihost_utils.sync_global_devices("preprocessed")
-    manifest = shards.read_manifest(shards.shard_dir(config, workdir))
+        features.prepare(config, manifest, shard_dir, workdir)
+    multihost_utils.sync_global_devices("features")
+    manifest = features.prepare(config, manifest, shard_dir, workdir)
     if jax.process_index() == 0:
         run_info.write(workdir, config, manifest)
     logging.info(
@@ -237,11 +254,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     embeddings = run.evaluate.embed(run.state.params, need)
     trained = run.evaluate(run.state.params, embeddings)
     initial = run.initial
-    if initial is None:  # resumed: the initial model was evaluated by the run that started it
+    if initial is None and (workdir / INITIAL_RESULTS).exists():
+        # resumed: the initial model was evaluated by the run that started it
         initial = json.loads((workdir / INITIAL_RESULTS).read_text())
     results = dict(
         trained=trained,
-        initial=initial,
+        **({"initial": initial} if initial is not None else {}),
         n_test_tiles=len(manifest["splits"]["test"]),
         n_train_tiles=len(manifest["splits"]["train"]),
         steps=int(run.state.step),
@@ -249,10 +267,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         preprocessing=manifest["report"],
     )
     if jax.process_index() == 0:
-        fitted = predictors.fit(embeddings["train"], manifest["genes"], config)
+        fitted = predictors.fit(
+            embeddings["train"], manifest["genes"], config, eval_genes=run.evaluate.genes
+        )
         predictors.save(workdir / predictors.FILE, fitted)
+        history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
         files = report.write_results(
-            workdir, results, metrics.read_history(workdir / "metrics.jsonl")
+            workdir, results, metrics.read_history(history) if history.exists() else None
         )
         logging.info("results: %s", ", ".join(map(str, files)))
     return results

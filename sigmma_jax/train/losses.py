@@ -25,13 +25,33 @@ def info_nce(a: jax.Array, b: jax.Array, temperature: jax.Array) -> jax.Array:
     )
 
 
-def multiscale_info_nce(
-    out: dict, weights: dict[str, float]
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """L = Σ_s w_s InfoNCE(z_he^s, z_st^s) over the model's scales."""
-    per = {s: info_nce(out["he"][s], out["st"][s], out["temperature"]) for s in out["he"]}
-    total = sum(weights[s] * per[s] for s in per)
-    return total, per
+def soft_target_clip(img: jax.Array, st: jax.Array, temperature: jax.Array) -> jax.Array:
+    """BLEEP's loss (Xie et al. 2023): CLIP with soft targets from the two intra-modal similarities.
+
+    logits = st imgᵀ / τ, targets = softmax((img imgᵀ + st stᵀ) / 2 · τ) row-wise, and the mean of
+    the row-wise cross-entropies of logits against targets and of logitsᵀ against targetsᵀ. BLEEP
+    trains with τ = 1 on unnormalised head outputs (`model.l2_normalize=False`); the targets use
+    τ as a factor, as BLEEP's code does (the same as a divisor at τ = 1).
+    """
+    logits = st @ img.T / temperature
+    targets = jax.nn.softmax((img @ img.T + st @ st.T) / 2 * temperature, axis=-1)
+    st_loss = optax.softmax_cross_entropy(logits, targets)
+    img_loss = optax.softmax_cross_entropy(logits.T, targets.T)
+    return 0.5 * (st_loss + img_loss).mean()
 
 
-LOSSES: dict[str, Callable] = {"info_nce": multiscale_info_nce}
+def multiscale(pair_loss: Callable) -> Callable:
+    """L = Σ_s w_s pair_loss(z_he^s, z_st^s, τ) over the model's scales (SIGMMA eq. 10 for
+    InfoNCE); returns the total and each scale's term."""
+
+    def loss(out: dict, weights: dict[str, float]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        per = {s: pair_loss(out["he"][s], out["st"][s], out["temperature"]) for s in out["he"]}
+        return sum(weights[s] * per[s] for s in per), per
+
+    return loss
+
+
+LOSSES: dict[str, Callable] = {
+    "info_nce": multiscale(info_nce),  # SIGMMA and the CLIP-style baselines
+    "bleep": multiscale(soft_target_clip),
+}

@@ -75,3 +75,27 @@ def test_tiny_blocks():
     assert _edge_set(s, r) == {(1, 2), (2, 1)}
     s, r = graphs.build_micro_graph(xy, graphs.micro_blocks(xy, 256), "delaunay")
     assert _edge_set(s, r) == {(1, 2), (2, 1)}
+
+
+def test_tile_scope_is_the_tile_knn_graph_cut_to_blocks():
+    # The paper's E_micro ⊆ E: kNN over all the tile's cells (squidpy's generic kNN, symmetrised),
+    # then only the edges inside a micro block kept.
+    xy = _cells(220, seed=9)
+    blocks = graphs.micro_blocks(xy, 256)
+    ids = graphs.block_ids(blocks, 4)
+    _, nbr = NearestNeighbors(n_neighbors=7).fit(xy).kneighbors(xy)
+    expected = set()
+    for i, row in enumerate(nbr):
+        for j in row:
+            if j != i and ids[i] == ids[j]:
+                expected |= {(i, int(j)), (int(j), i)}
+    s, r = graphs.build_micro_graph(xy, blocks, "knn", 6, scope="tile")
+    assert _edge_set(s, r) == expected and len(s) == len(expected)
+    per_block = _edge_set(*graphs.build_micro_graph(xy, blocks, "knn", 6))
+    assert expected < per_block  # inside a block every cell still gets k: a strict superset
+    # Radius graphs do not depend on the scope.
+    assert _edge_set(*graphs.build_micro_graph(xy, blocks, "radius", radius=20.0)) == _edge_set(
+        *graphs.build_micro_graph(xy, blocks, "radius", radius=20.0, scope="tile")
+    )
+    with pytest.raises(ValueError, match="scope"):
+        graphs.build_micro_graph(xy, blocks, scope="everywhere")

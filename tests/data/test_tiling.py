@@ -5,7 +5,9 @@ from support.slides import write_cells, write_tiff
 from sigmma_jax.data import readers, tiling
 
 
-@pytest.mark.parametrize("pixel_size_um", [0.2737, 0.2125, 0.5])
+# HEST-1k Xenium slides: 0.2737 (most), 0.2125 (TENX95, TENX99), 0.1369 (TENX116, TENX117), 0.3639
+# (NCBI785); 0.5 is the tiles' own.
+@pytest.mark.parametrize("pixel_size_um", [0.2737, 0.2125, 0.1369, 0.3639, 0.5])
 def test_tiles_are_cut_in_microns_whatever_the_pixel_size(tmp_path, pixel_size_um):
     # A red square at x in [150, 200) µm, y in [40, 90) µm on pink tissue.
     side = int(round(400 / pixel_size_um))

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from sigmma_jax.evaluation.expression import select_hvgs, tile_targets
+from sigmma_jax.evaluation.expression import tile_targets
 from sigmma_jax.evaluation.probe import linear_probe
 
 
@@ -17,8 +17,11 @@ def _pearson_rows(a, b):
     return np.array(out)
 
 
-def _probe_reference(train_x, train_y, test_x, test_y, n_components, n_genes, intercept=False):
-    genes = np.argsort(-train_y.var(axis=0), kind="stable")[:n_genes]
+def _top_variance(y, n):
+    return np.argsort(-y.var(axis=0), kind="stable")[:n]
+
+
+def _probe_reference(train_x, train_y, test_x, test_y, n_components, genes, intercept=False):
     mu, sd = train_x.mean(0), train_x.std(0)
     a, b = (train_x - mu) / sd, (test_x - mu) / sd
     centre = a.mean(0)
@@ -53,24 +56,17 @@ def _linear_data(rng, n_train, n_test, n_feat, n_genes, noise):
     return x_tr, y_tr, x_te, y_te
 
 
-def test_tile_targets_is_log1p():
+def test_tile_targets_log1p_and_normalized():
     counts = np.array([[0, 1, 9], [3, 0, 99]])
     np.testing.assert_allclose(tile_targets(counts), np.log1p(counts.astype(float)))
+    np.testing.assert_allclose(
+        tile_targets(counts, "log1p_normalized", 100.0),
+        np.log1p(counts / counts.sum(1, keepdims=True) * 100.0),
+    )
     with pytest.raises(ValueError):
         tile_targets(np.array([[-1.0]]))
-
-
-def test_select_hvgs():
-    rng = np.random.default_rng(0)
-    y = rng.normal(scale=0.1, size=(200, 12))
-    y[:, 7] *= 100
-    y[:, 2] *= 30
-    y[:, 9] *= 10
-    assert list(select_hvgs(y, 3)) == [7, 2, 9]
-    # Ties go to the lower index; n above the gene count returns everything.
-    tied = np.tile([[0.0, 1.0, 1.0, 0.0]], (4, 1)) * np.array([[1], [-1], [1], [-1]])
-    assert list(select_hvgs(tied, 2)) == [1, 2]
-    assert sorted(select_hvgs(y, 50)) == list(range(12))
+    with pytest.raises(ValueError, match="eval.target"):
+        tile_targets(counts, "zscore")
 
 
 @pytest.mark.parametrize(
@@ -86,16 +82,17 @@ def test_linear_probe_matches_numpy_reference(
 ):
     rng = np.random.default_rng(n_train + n_feat)
     x_tr, y_tr, x_te, y_te = _linear_data(rng, n_train, n_test, n_feat, n_genes_total, noise=3.0)
-    got = linear_probe(x_tr, y_tr, x_te, y_te, n_components=n_components, n_genes=n_genes)
-    want = _probe_reference(x_tr, y_tr, x_te, y_te, n_components, n_genes)
+    genes = _top_variance(y_tr, n_genes)
+    got = linear_probe(x_tr, y_tr, x_te, y_te, genes=genes, n_components=n_components)
+    want = _probe_reference(x_tr, y_tr, x_te, y_te, n_components, genes)
     assert got["n_genes"] == min(n_genes, n_genes_total)
     assert got["n_components"] == min(n_components, n_train, n_feat)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
     got = linear_probe(
-        x_tr, y_tr, x_te, y_te, n_components=n_components, n_genes=n_genes, fit_intercept=True
+        x_tr, y_tr, x_te, y_te, genes=genes, n_components=n_components, fit_intercept=True
     )
-    want = _probe_reference(x_tr, y_tr, x_te, y_te, n_components, n_genes, intercept=True)
+    want = _probe_reference(x_tr, y_tr, x_te, y_te, n_components, genes, intercept=True)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
 
@@ -138,7 +135,7 @@ def test_linear_probe_constant_tile_and_gene_count_as_zero():
     y_te[:, 4] = 0.0
     y_te[0, :] = 1.0  # constant tile
     got = linear_probe(x_tr, y_tr, x_te, y_te)
-    want = _probe_reference(x_tr, y_tr, x_te, y_te, 256, 50)
+    want = _probe_reference(x_tr, y_tr, x_te, y_te, 256, np.arange(5))
     assert all(math.isfinite(v) for v in got.values())
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key

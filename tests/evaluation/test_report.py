@@ -127,6 +127,6 @@ def test_failed_rewrite_keeps_previous_results(tmp_path, monkeypatch):
 
 
 def test_chance_level_uses_exact_top_k():
-    assert report._chance("R@15", 20) == 3 / 20
-    assert report._chance("R@5", 30) == 2 / 30
-    assert report._chance("R@10", None) == 0.1
+    assert report.chance("R@15", 20) == 3 / 20
+    assert report.chance("R@5", 30) == 2 / 30
+    assert report.chance("R@10", None) == 0.1

@@ -21,8 +21,11 @@ def tiny_config(shard_dir=""):
     c.model.vit.update(dict(img_size=16, patch_size=8, width=32, depth=1, num_heads=2))
     c.model.embed_dim = 32
     c.model.st.update(dict(hidden=32, edge_hidden=8))
+    c.model.gene_sentence.update(dict(width=16, depth=1, num_heads=2, mlp_ratio=2.0))
+    c.data.sentence_length = 12
     c.train.update(dict(global_batch=8, steps=6, warmup_steps=2, log_every=1, checkpoint_every=3))
     c.eval.update(dict(batch=8, pca_components=8, n_genes=10))
+    c.suite.steps = 0  # train.steps
     return c
 
 
@@ -44,5 +47,6 @@ def shrink(c):
     """The test suite's tiny model and schedule on any config."""
     tiny = tiny_config()
     c.model, c.train, c.eval = tiny.model, tiny.train, tiny.eval
+    c.suite.steps = tiny.suite.steps
     c.data.update(workers=1, chunk_rows=2)
     return c

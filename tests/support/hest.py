@@ -25,9 +25,15 @@ def write_hest_sample(
     seed=0,
     seg_missing=5,
     row_group_size=500,
+    meta=None,
+    seg_ids=None,
 ):
     """Writes the sample so that reading it back must give exactly `counts` and `xy`:
-    extra transcripts are all of kinds the reader must drop (qv < 20, unassigned)."""
+    extra transcripts are all of kinds the reader must drop (qv < 20, unassigned).
+
+    `cell_ids` may be str, bytes (NCBI783's transcripts) or int (other samples); the segmentation's
+    ids (its GeoDataFrame index) are `seg_ids`, by default `cell_ids`. `meta` adds to or replaces
+    metadata fields (patient, dataset_title, a wrong pixel_size_um_embedded...)."""
     root = pathlib.Path(root)
     rng = np.random.default_rng(seed)
     for sub in ("wsis", "metadata", "transcripts", "xenium_seg"):
@@ -47,6 +53,7 @@ def write_hest_sample(
                 "magnification": "40x",
                 "fullres_px_width": image.shape[1],
                 "fullres_px_height": image.shape[0],
+                **(meta or {}),
             }
         )
     )
@@ -67,8 +74,9 @@ def write_hest_sample(
                 jx, jy = (0.0, 0.0) if i in no_seg else rng.normal(0, 2.0, 2)
                 add(cid, genes[g], float(rng.uniform(20, 40)), xy[i, 0] + jx, xy[i, 1] + jy)
         add(cid, genes[0], float(rng.uniform(5, 19.9)), xy[i, 0], xy[i, 1])  # low quality
+    unassigned = {int: -1, bytes: b"UNASSIGNED"}.get(type(cell_ids[0]), "UNASSIGNED")
     for _ in range(50):
-        add("UNASSIGNED", genes[1], 30.0, *rng.uniform(0, min(image.shape[:2]), 2))
+        add(unassigned, genes[1], 30.0, *rng.uniform(0, min(image.shape[:2]), 2))
     order = rng.permutation(len(rows["cell_id"]))
     n = len(order)
     table = pa.table(
@@ -98,7 +106,7 @@ def write_hest_sample(
         pa.table(
             {
                 "geometry": pa.array(shapely.to_wkb(squares)),
-                "__index_level_0__": pa.array(np.asarray(cell_ids)[keep]),
+                "__index_level_0__": pa.array(np.asarray(seg_ids or cell_ids)[keep]),
             }
         ),
         root / "xenium_seg" / f"{sample_id}_xenium_cell_seg.parquet",
@@ -106,13 +114,23 @@ def write_hest_sample(
     return root
 
 
-def sample(tmp_path, sample_id="TENX999", seed=0, **kw):
+def sample(tmp_path, sample_id="TENX999", seed=0, meta=None, ids=None, seg_ids=None, **kw):
     (tmp_path / f"generic_{sample_id}").mkdir(parents=True)
     wsi, cells, xy, counts, genes = pink_slide(tmp_path / f"generic_{sample_id}", seed=seed, **kw)
-    ids = [f"cell{i}" for i in range(len(xy))]
+    ids = ids or [f"cell{i}" for i in range(len(xy))]
     with readers.WSI(wsi) as w:
         image = w.read(0, w.shape[0], 0, w.shape[1])
     write_hest_sample(
-        tmp_path / "hest", sample_id, image, 0.2737, xy, counts, genes, ids, seed=seed
+        tmp_path / "hest",
+        sample_id,
+        image,
+        (meta or {}).get("pixel_size_um_estimated", 0.2737),
+        xy,
+        counts,
+        genes,
+        ids,
+        seed=seed,
+        meta=meta,
+        seg_ids=seg_ids,
     )
     return wsi, cells, xy, counts, genes

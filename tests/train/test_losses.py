@@ -57,3 +57,36 @@ def test_multiscale_loss_sums_weighted_scales():
     total, per = losses.LOSSES["info_nce"](one, dict(micro=1.0, meso=1.0, macro=1.0))
     assert set(per) == {"macro"}
     np.testing.assert_allclose(float(total), float(per["macro"]), rtol=1e-6)
+
+
+def _numpy_bleep(img, st, t):
+    # BLEEP's models.py in numpy: soft targets from the mean intra-modal similarity (times τ).
+    def log_softmax(x):
+        x = x - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    logits = st @ img.T / t
+    sim = (img @ img.T + st @ st.T) / 2 * t
+    targets = np.exp(log_softmax(sim))
+    st_loss = -(targets * log_softmax(logits)).sum(1)
+    img_loss = -(targets.T * log_softmax(logits.T)).sum(1)
+    return ((st_loss + img_loss) / 2).mean()
+
+
+def test_bleep_loss_matches_numpy():
+    rng = np.random.default_rng(3)
+    for n, d, t in [(4, 8, 1.0), (16, 32, 1.0), (9, 5, 0.5)]:
+        # BLEEP's embeddings are LayerNorm outputs, not unit vectors: norms of about sqrt(d).
+        img, st = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+        got = float(losses.soft_target_clip(jnp.asarray(img), jnp.asarray(st), t))
+        np.testing.assert_allclose(got, _numpy_bleep(img, st, t), rtol=1e-5)
+    out = dict(he={"macro": jnp.asarray(img)}, st={"macro": jnp.asarray(st)}, temperature=0.5)
+    total, per = losses.LOSSES["bleep"](out, dict(micro=0.0, meso=0.0, macro=1.0))
+    assert set(per) == {"macro"}
+    np.testing.assert_allclose(float(total), _numpy_bleep(img, st, 0.5), rtol=1e-5)
+    # Identical modalities with distinct items: the targets are the soft self-similarity, and the
+    # loss is the entropy-like floor, below the loss of shuffled pairs.
+    a = _unit(rng.normal(size=(8, 16))) * 4
+    aligned = float(losses.soft_target_clip(jnp.asarray(a), jnp.asarray(a), 1.0))
+    shuffled = float(losses.soft_target_clip(jnp.asarray(a), jnp.asarray(a[::-1]), 1.0))
+    assert aligned < shuffled

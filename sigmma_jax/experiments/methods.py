@@ -1,0 +1,122 @@
+"""The paper's methods and ablations, each a named set of config changes (docs/method.md, "Baselines
+and ablations"). Every one is trained by the same loop on the same shards and split as SIGMMA; a
+baseline is another pair of towers, another loss, another evaluation.
+
+A single-scale method uses the `whole_tile` HE tower: its macro embedding is what `multi_crop`
+computes for the macro scale (the backbone on the resized tile), without the 20 other crops.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ml_collections
+
+
+def _single_scale(c: ml_collections.ConfigDict) -> None:
+    """Macro only: trained on the macro loss and evaluated on the macro embedding."""
+    c.model.he_tower = "whole_tile"
+    c.train.scale_weights = (0.0, 0.0, 1.0)
+
+
+def _tile_feature(c: ml_collections.ConfigDict, name: str) -> None:
+    c.data.tile_features = tuple(dict.fromkeys((*c.data.tile_features, name)))
+
+
+def frozen_backbone(c: ml_collections.ConfigDict) -> None:
+    """The backbone's own embedding of the whole tile, as HEST-Benchmark embeds a patch; nothing is
+    trained, and only Task 1 is scored (it has no ST side). Table 1's "UNI" row."""
+    _single_scale(c)
+    c.model.st_tower = "mlp"  # unused: the probe reads the backbone's embedding
+    c.train.steps = 0
+    c.evals = ("probe",)
+    c.eval.probe_embedding = "backbone"
+
+
+def single_scale_clip(c: ml_collections.ConfigDict) -> None:
+    """Single-scale alignment: the backbone on the whole tile against an MLP on the tile's
+    expression (log1p of its summed counts), one symmetric InfoNCE."""
+    _single_scale(c)
+    c.model.st_tower = "mlp"
+    c.model.mlp.input = "log1p_counts"
+
+
+def bleep(c: ml_collections.ConfigDict) -> None:
+    """BLEEP: an MLP on Harmony-corrected principal components of the tile's expression, BLEEP's
+    heads without L2 normalisation, its soft-target loss at τ = 1; its own kNN predictor too."""
+    _single_scale(c)
+    c.model.st_tower = "mlp"
+    c.model.mlp.input = "expression_pcs"
+    _tile_feature(c, "expression_pcs")
+    c.train.loss = "bleep"
+    c.model.update(temperature_init=1.0, learn_temperature=False, l2_normalize=False)
+    c.evals = tuple(dict.fromkeys((*c.evals, "knn_expression")))
+
+
+def gene_sentence(c: ml_collections.ConfigDict) -> None:
+    """OmiCLIP's representation of ST: the tile's top genes as a sentence, a transformer over gene
+    tokens trained from scratch, CLIP's loss against the image tower. It stands in for the paper's
+    CLIP and PLIP rows (vision-language models fine-tuned on such sentences, whose weights are out
+    of reach here). Table 4 (a), "no graph, single scale"."""
+    _single_scale(c)
+    c.model.st_tower = "gene_sentence"
+    _tile_feature(c, "gene_sentence")
+
+
+def sigmma(c: ml_collections.ConfigDict) -> None:
+    """The full model: multi-crop HE tower, hierarchical cell graph with sampled edges, three scales."""
+    del c
+
+
+def graph_single_scale_full(c: ml_collections.ConfigDict) -> None:
+    """Table 4 (b): the cell graph, every pair of a block connected instead of sampled, the macro
+    loss alone."""
+    _single_scale(c)
+    c.model.st_tower = "graph"
+    c.model.st.edge_sampling = "full"
+
+
+def graph_multiscale_full(c: ml_collections.ConfigDict) -> None:
+    """Table 4 (c): the cell graph fully connected within blocks, the three-scale loss."""
+    c.model.st_tower = "graph"
+    c.model.st.edge_sampling = "full"
+
+
+METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "frozen_backbone": frozen_backbone,
+    "single_scale_clip": single_scale_clip,
+    "bleep": bleep,
+    "gene_sentence": gene_sentence,
+    "sigmma": sigmma,
+    "graph_single_scale_full": graph_single_scale_full,
+    "graph_multiscale_full": graph_multiscale_full,
+}
+
+# The paper's tables: which methods fill which rows. Table 4's rows are cumulative ablations, named
+# as the issue names them; (a) is the gene-sentence model.
+TABLE1 = ("frozen_backbone", "single_scale_clip", "bleep", "gene_sentence", "sigmma")
+TABLE2 = ("single_scale_clip", "bleep", "gene_sentence", "sigmma")
+TABLE3 = ("frozen_backbone", "sigmma")
+TABLE4 = {
+    "no_graph": "gene_sentence",
+    "graph_single_scale_full": "graph_single_scale_full",
+    "graph_multiscale_full": "graph_multiscale_full",
+    "sigmma": "sigmma",
+}
+
+
+def check(names) -> None:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown} in config.suite.methods; known: {list(METHODS)}"
+        )
+
+
+def configure(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """A copy of `config` changed into `method`."""
+    check([method])
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        METHODS[method](c)
+    return c

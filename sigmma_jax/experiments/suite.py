@@ -1,0 +1,149 @@
+"""Every method x fold x seed of a config's suite, each run in its own folder over one shard set.
+
+    W/slide/                    the demo's synthetic slide (generated once)
+    W/shards/                   the shard set every run reads (preprocessed once)
+    W/runs/NAME/METHOD/foldK/seedS/   one run: what `python -m sigmma_jax.main` writes, and time.json
+    W/tables.{md,csv,json}, W/plots/  the paper's tables (sigmma_jax.experiments.tables)
+
+NAME is "main" for Tables 1, 2 and 4, and the backbone's name for Table 3. A run whose results.json
+exists is finished and skipped, so an interrupted suite resumes; an interrupted run resumes from its
+last checkpoint. Each run holds its own split of the shared shard set (`shards.with_split`), so no
+run rewrites another's manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import resource
+import time
+
+import ml_collections
+
+from sigmma_jax import atomic
+from sigmma_jax.data import shards
+from sigmma_jax.experiments import methods, tables
+from sigmma_jax.models import backbones
+
+MAIN = "main"  # the runs of Tables 1, 2 and 4, with the config's own backbone
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    method: str
+    fold: int
+    seed: int
+    backbone: str = MAIN  # Table 3: a backbone's name
+
+    @property
+    def path(self) -> pathlib.Path:
+        return pathlib.Path(
+            "runs", self.backbone, self.method, f"fold{self.fold}", f"seed{self.seed}"
+        )
+
+
+def parse_backbone(spec: str) -> tuple[str, str]:
+    """suite.backbones entry -> (name, converted weights directory): "NAME" reads weights/NAME,
+    "NAME=DIR" reads DIR."""
+    name, _, path = spec.partition("=")
+    if not name or name == MAIN or "/" in name:
+        raise ValueError(f"suite.backbones entry {spec!r}: expected NAME or NAME=DIR")
+    return name, path or f"weights/{name}"
+
+
+def n_folds(manifest: dict) -> int:
+    """Folds of a shard set: its groups of samples when split by sample, else one (spatial blocks)."""
+    return max(1, len(manifest.get("folds", [])))
+
+
+def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
+    """The runs of config.suite: every method x fold x seed, then Table 3's per backbone."""
+    s = config.suite
+    methods.check(s.methods)
+    folds = tuple(s.folds) or tuple(range(n_folds(manifest)))
+    bad = [f for f in folds if not 0 <= f < n_folds(manifest)]
+    if bad:
+        raise ValueError(f"suite.folds {bad} do not exist: the shard set has {n_folds(manifest)}")
+    runs = [Run(m, f, seed) for m in s.methods for f in folds for seed in s.seeds]
+    for spec in s.backbones:
+        name, _ = parse_backbone(spec)
+        runs += [Run(m, f, seed, name) for m in methods.TABLE3 for f in folds for seed in s.seeds]
+    return runs
+
+
+def shared(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The config with the suite's shared locations: one shard set (and one synthetic slide)."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.data.shard_dir = c.data.shard_dir or str(workdir / "shards")
+        c.data.synthetic.dir = c.data.synthetic.dir or str(workdir / "slide")
+    return c
+
+
+def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.ConfigDict:
+    """The config of one run: the method's changes, the run's seed, fold and backbone."""
+    c = methods.configure(config, run.method)
+    with c.unlocked():
+        c.seed = run.seed
+        c.data.split.fold = run.fold
+        c.eval.initial = False  # the suite's baseline for "no training" is frozen_backbone
+        if c.suite.steps and c.train.steps:  # frozen_backbone trains nothing
+            c.train.steps = c.suite.steps
+        if run.backbone != MAIN:
+            weights = dict(map(parse_backbone, c.suite.backbones))[run.backbone]
+            c.model.backbone = backbones.read_meta(weights)["arch"]
+            c.model.backbone_weights = weights
+    return c
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return sum(x.ru_utime + x.ru_stime for x in r)
+
+
+def _summary(results: dict) -> str:
+    t = results["trained"]
+    parts = []
+    if "retrieval" in t:
+        parts.append(f"HE→ST R@5 {t['retrieval']['he_to_st']['combined']['R@5']:.3f}")
+    if "probe" in t:
+        parts.append(f"probe PCC tile {t['probe']['pcc_tile_mean']:.3f}")
+        parts.append(f"gene {t['probe']['pcc_gene_mean']:.3f}")
+    return ", ".join(parts)
+
+
+def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Runs (or resumes) the suite and writes the tables; returns tables.json's content."""
+    from sigmma_jax.train import loop  # JAX only when something runs
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = shared(config, workdir)
+    for spec in config.suite.backbones:  # fail now, not after the first runs
+        backbones.read_meta(parse_backbone(spec)[1])
+    manifest = shards.preprocess(config, workdir)
+    runs = plan(config, manifest)
+    print(f"suite: {len(runs)} runs in {workdir / 'runs'}", flush=True)
+    t_suite = time.time()
+    for i, run in enumerate(runs, 1):
+        out = workdir / run.path
+        label = f"[{i}/{len(runs)}] {run.backbone}/{run.method} fold {run.fold} seed {run.seed}"
+        if (out / "results.json").exists():
+            print(f"{label}: finished before, skipped", flush=True)
+            continue
+        c = run_config(config, run)
+        t0, cpu0 = time.time(), _cpu_seconds()
+        results = loop.train_and_evaluate(
+            c, out, manifest=shards.with_split(manifest, c.data.split)
+        )
+        seconds = dict(wall=round(time.time() - t0, 1), cpu=round(_cpu_seconds() - cpu0, 1))
+        atomic.write_json(out / "time.json", seconds)
+        print(
+            f"{label}: {seconds['wall']:.0f} s ({seconds['cpu']:.0f} CPU s), {_summary(results)}",
+            flush=True,
+        )
+    logging.info("suite ran for %.0f s", time.time() - t_suite)
+    out = tables.write(workdir, runs, config)
+    print(f"tables: {workdir / 'tables.md'}", flush=True)
+    return out

@@ -1,0 +1,422 @@
+"""The paper's Tables 1-4 from a suite's finished runs: tables.json, tables.csv, tables.md and
+plots/table{1,2,3,4}.png.
+
+tables.json (mean and sd over every fold x seed of a row; sd with ddof=1, 0 for a single run):
+
+    {"table1": {METHOD: {"pcc_tile": [mean, sd], "mse_tile": [...], "pcc_gene": [...]}},
+     "table2": {METHOD: {"he_to_st": {"R@5": [mean, sd], "R@10": ..., "R@15": ...}, "st_to_he": ...}},
+     "table3": {BACKBONE: {"frozen_backbone": {table 1 keys}, "sigmma": {...}}},
+     "table4": {ROW: {table 1 and table 2 keys}},
+     "n_folds": n, "n_seeds": n}
+
+Table 1's "bleep" row also holds "knn_expression", BLEEP's own predictor, in table 1's keys.
+Retrieval is the "combined" score (the sum of the model's scales' similarities; a single-scale
+model's one scale). tables.md adds what the JSON leaves out: the sd across test tiles (the paper's
+±), per-gene PCC per fold with mean ± sd across folds (HEST-Benchmark's ±), the probe's settings,
+and the order of the methods, overall and per seed. tables.csv has one line per table, row and
+metric, and runs.csv one line per run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import ml_collections
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401  (Agg, never pyplot)
+from matplotlib.figure import Figure
+
+from sigmma_jax import atomic
+from sigmma_jax.evaluation import report
+from sigmma_jax.experiments import methods
+
+if TYPE_CHECKING:
+    from sigmma_jax.experiments.suite import Run
+
+EXPRESSION = {"pcc_tile": "pcc_tile_mean", "mse_tile": "mse_tile_mean", "pcc_gene": "pcc_gene_mean"}
+RECALLS = ("R@5", "R@10", "R@15")
+DIRECTIONS = ("he_to_st", "st_to_he")
+LABELS = {
+    "frozen_backbone": "backbone alone, frozen (the paper's UNI row)",
+    "single_scale_clip": "single-scale CLIP (whole tile vs expression MLP)",
+    "bleep": "BLEEP",
+    "gene_sentence": "gene sentence (OmiCLIP; stands in for CLIP and PLIP)",
+    "sigmma": "SIGMMA",
+    "no_graph": "(a) no graph, single scale (= gene sentence)",
+    "graph_single_scale_full": "(b) graph, single scale, fully connected",
+    "graph_multiscale_full": "(c) graph, three scales, fully connected",
+}
+LOWER_IS_BETTER = {"mse_tile"}
+
+
+def mean_sd(values) -> list[float]:
+    v = np.asarray(values, np.float64)
+    return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+
+
+def _expression(results: list[dict], evaluator: str = "probe") -> dict:
+    found = [r["trained"][evaluator] for r in results if evaluator in r["trained"]]
+    return {k: mean_sd([f[key] for f in found]) for k, key in EXPRESSION.items()} if found else {}
+
+
+def _retrieval(results: list[dict]) -> dict:
+    found = [r["trained"]["retrieval"] for r in results if "retrieval" in r["trained"]]
+    if not found:
+        return {}
+    return {
+        d: {k: mean_sd([f[d]["combined"][k] for f in found]) for k in RECALLS} for d in DIRECTIONS
+    }
+
+
+def collect(finished: dict[Run, dict]) -> dict:
+    """tables.json's content from {run: results.json} of the finished runs."""
+    rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run, res in finished.items():
+        rows[run.backbone, run.method].append(res)
+    main = {m: res for (backbone, m), res in rows.items() if backbone == "main"}
+    table1 = {m: _expression(main[m]) for m in methods.TABLE1 if m in main}
+    if "bleep" in table1 and (knn := _expression(main["bleep"], "knn_expression")):
+        table1["bleep"]["knn_expression"] = knn
+    table3: dict[str, dict] = {}
+    for backbone, method in rows:
+        if backbone != "main" and method in methods.TABLE3:
+            table3.setdefault(backbone, {})[method] = _expression(rows[backbone, method])
+    return dict(
+        table1=table1,
+        table2={m: _retrieval(main[m]) for m in methods.TABLE2 if m in main},
+        table3=table3,
+        table4={
+            row: {**_expression(main[m]), **_retrieval(main[m])}
+            for row, m in methods.TABLE4.items()
+            if m in main
+        },
+        n_folds=len({r.fold for r in finished}),
+        n_seeds=len({r.seed for r in finished}),
+    )
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _cell(ms: list[float] | None, digits: int = 3) -> str:
+    return "–" if not ms else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+
+def _order(table: dict, get, lower_is_better: bool = False) -> str:
+    scored = [(get(v), k) for k, v in table.items() if get(v) is not None]
+    scored.sort(key=lambda x: x[0] if lower_is_better else -x[0])
+    return " > ".join(f"{k} {s:.3f}" for s, k in scored)
+
+
+def _per_seed_orders(finished: dict, members: dict[str, str], value) -> list[str]:
+    """'seed S: a > b > ...' for each seed, from each row's runs of that seed (mean over folds)."""
+    lines = []
+    for seed in sorted({r.seed for r in finished}):
+        table = {}
+        for row, method in members.items():
+            vals = [
+                value(res)
+                for r, res in finished.items()
+                if r.backbone == "main" and r.method == method and r.seed == seed
+            ]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                table[row] = float(np.mean(vals))
+        lines.append(f"seed {seed}: " + _order(table, lambda v: v))
+    return lines
+
+
+def _probe_value(key):
+    return lambda res: res["trained"].get("probe", {}).get(key)
+
+
+def _recall_value(res):
+    r = res["trained"].get("retrieval")
+    return r["he_to_st"]["combined"]["R@5"] if r else None
+
+
+def _tile_sd(finished: dict, backbone: str, method: str, key: str) -> str:
+    vals = [
+        res["trained"]["probe"][key]
+        for r, res in finished.items()
+        if r.backbone == backbone and r.method == method and "probe" in res["trained"]
+    ]
+    return f"{np.mean(vals):.3f}" if vals else "–"
+
+
+def _fold_cells(finished: dict, backbone: str, method: str, folds: list[int]) -> list[str]:
+    """Per-gene PCC per fold (mean over seeds), then mean ± sd across folds (HEST's ±)."""
+    per_fold = []
+    for f in folds:
+        vals = [
+            res["trained"]["probe"]["pcc_gene_mean"]
+            for r, res in finished.items()
+            if (r.backbone, r.method, r.fold) == (backbone, method, f) and "probe" in res["trained"]
+        ]
+        per_fold.append(float(np.mean(vals)) if vals else None)
+    found = [v for v in per_fold if v is not None]
+    cells = ["–" if v is None else f"{v:.3f}" for v in per_fold]
+    return cells + [_cell([np.mean(found), np.std(found, ddof=1) if len(found) > 1 else 0.0])]
+
+
+def _setup(finished: dict, config: ml_collections.ConfigDict) -> list[str]:
+    any_res = next(iter(finished.values()))
+    steps = sorted({res["steps"] for r, res in finished.items() if r.method != "frozen_backbone"})
+    probe = next(
+        (res["trained"]["probe"] for res in finished.values() if "probe" in res["trained"]), {}
+    )
+    e = config.eval
+    target = (
+        "log1p of raw counts (HEST-Benchmark)"
+        if e.target == "log1p"
+        else f"log1p of counts scaled to {e.target_sum:g} per tile"
+    )
+    genes = (
+        f"the list in {e.genes_file}"
+        if e.genes_file
+        else "HEST-Benchmark's procedure on the tiles (≥ 10 % of each slide's tiles, scanpy "
+        "seurat HVGs)"
+    )
+    n_folds = len({r.fold for r in finished})
+    n_seeds = len({r.seed for r in finished})
+    return [
+        f"- {len(finished)} runs: {n_folds} fold(s) × {n_seeds} seed(s) per row; "
+        f"{'/'.join(map(str, steps)) or 0} training steps; "
+        f"{any_res['n_train_tiles']} train / {any_res['n_test_tiles']} test tiles (first run).",
+        f"- Task 1 probe: StandardScaler → PCA({e.pca_components}) → ridge, "
+        f"{'with' if e.probe_intercept else 'without'} intercept; target {target}; "
+        f"{probe.get('n_genes', e.n_genes)} genes from {genes}.",
+        '- Cells: mean ± sd over the runs of a row (folds × seeds). "± tiles": the sd across '
+        "test tiles, averaged over runs (the paper's ±).",
+        "- Retrieval: Recall@p% on held-out tiles, the combined score (sum of the model's scales' "
+        "cosine similarities).",
+    ]
+
+
+def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) -> str:
+    lines = ["# The paper's experiments", ""] + _setup(finished, config) + [""]
+    folds = sorted({r.fold for r in finished})
+
+    def expression_rows(table: dict, backbone: str, label=lambda k: f"{LABELS.get(k, k)} (`{k}`)"):
+        out = []
+        for key, row in table.items():
+            method = methods.TABLE4.get(key, key)
+            out.append(
+                [
+                    label(key),
+                    _cell(row.get("pcc_tile")),
+                    _tile_sd(finished, backbone, method, "pcc_tile_sd"),
+                    _cell(row.get("mse_tile")),
+                    _tile_sd(finished, backbone, method, "mse_tile_sd"),
+                    _cell(row.get("pcc_gene")),
+                ]
+            )
+        return out
+
+    header1 = ["method", "PCC per tile", "± tiles", "MSE per tile", "± tiles", "PCC per gene"]
+    t1 = tables["table1"]
+    if t1:
+        lines += ["## Table 1: gene expression prediction (Task 1, linear probe)", ""]
+        lines += report.md_table(header1, expression_rows(t1, "main")) + [""]
+        if "knn_expression" in t1.get("bleep", {}):
+            k = t1["bleep"]["knn_expression"]
+            lines += [
+                f"BLEEP's own predictor (mean of the {config.eval.knn_k} nearest training tiles in "
+                f"the joint space): PCC per tile {_cell(k['pcc_tile'])}, MSE per tile "
+                f"{_cell(k['mse_tile'])}, PCC per gene {_cell(k['pcc_gene'])}.",
+                "",
+            ]
+        lines += [
+            "The gene-sentence row is OmiCLIP's representation of ST read by a transformer trained "
+            "from scratch beside our backbone; it stands in for the paper's CLIP, PLIP and OmiCLIP "
+            "rows, whose pretrained text towers are out of reach here.",
+            "",
+            "Order by PCC per tile: " + _order(t1, lambda v: v.get("pcc_tile", [None])[0]),
+            "",
+        ]
+        lines += [
+            "- " + s
+            for s in _per_seed_orders(finished, {m: m for m in t1}, _probe_value("pcc_tile_mean"))
+        ] + [""]
+    t2 = tables["table2"]
+    if t2:
+        lines += ["## Table 2: cross-modal retrieval (Task 2)", ""]
+        header = ["method"] + [
+            f"{d.replace('_to_', '→').upper()} {k}%" for d in DIRECTIONS for k in RECALLS
+        ]
+        rows = [
+            [f"{LABELS.get(m, m)} (`{m}`)"]
+            + [_cell(row.get(d, {}).get(k)) for d in DIRECTIONS for k in RECALLS]
+            for m, row in t2.items()
+        ]
+        n_test = next(iter(finished.values()))["n_test_tiles"]
+        chance = ", ".join(f"{k}% {report.chance(k, n_test):.3f}" for k in RECALLS)
+        lines += report.md_table(header, rows) + [
+            "",
+            f"Chance ({n_test} test tiles): {chance}.",
+            "",
+        ]
+        lines += [
+            "Order by HE→ST R@5%: "
+            + _order(t2, lambda v: v.get("he_to_st", {}).get("R@5", [None])[0]),
+            "",
+        ]
+        lines += [
+            "- " + s for s in _per_seed_orders(finished, {m: m for m in t2}, _recall_value)
+        ] + [""]
+    t3 = tables["table3"]
+    if t3:
+        lines += ["## Table 3: backbones (Task 1, linear probe)", ""]
+        rows = []
+        for backbone, entries in t3.items():
+            rows += expression_rows(entries, backbone, lambda k, b=backbone: f"{b}: `{k}`")
+        lines += report.md_table(header1, rows) + [""]
+    t4 = tables["table4"]
+    if t4:
+        lines += ["## Table 4: ablations (cumulative rows)", ""]
+        header = header1 + ["HE→ST R@5%", "ST→HE R@5%"]
+        rows = [
+            r + [_cell(t4[k].get(d, {}).get("R@5")) for d in DIRECTIONS]
+            for r, k in zip(expression_rows(t4, "main", lambda k: LABELS.get(k, k)), t4)
+        ]
+        lines += report.md_table(header, rows) + [""]
+        lines += [
+            "Order by PCC per tile: " + _order(t4, lambda v: v.get("pcc_tile", [None])[0]),
+            "",
+        ]
+        lines += [
+            "- " + s
+            for s in _per_seed_orders(finished, methods.TABLE4, _probe_value("pcc_tile_mean"))
+        ] + [""]
+    if len(folds) > 1:
+        lines += [
+            "## Per fold: PCC per gene (mean over seeds), mean ± sd across folds (HEST-Benchmark)",
+            "",
+        ]
+        header = ["run"] + [f"fold {f}" for f in folds] + ["mean ± sd"]
+        keys = sorted({(r.backbone, r.method) for r in finished})
+        rows = [[f"{b}/{m}"] + _fold_cells(finished, b, m, folds) for b, m in keys]
+        lines += report.md_table(header, rows) + [""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- csv and plots
+
+
+def read_run(workdir: str | pathlib.Path, run: Run) -> tuple[dict, dict | None]:
+    """(results.json, time.json or None) of a finished run."""
+    d = pathlib.Path(workdir) / run.path
+    time_path = d / "time.json"
+    return (
+        json.loads((d / "results.json").read_text()),
+        json.loads(time_path.read_text()) if time_path.exists() else None,
+    )
+
+
+def csv_text(tables: dict) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["table", "row", "metric", "mean", "sd"])
+
+    def rows(table: str, row: str, entry: dict, prefix: str = "") -> None:
+        for k, v in entry.items():
+            if isinstance(v, dict):
+                rows(table, row, v, f"{prefix}{k}/")
+            else:
+                w.writerow([table, row, prefix + k, f"{v[0]:.6g}", f"{v[1]:.6g}"])
+
+    for t in ("table1", "table2", "table4"):
+        for row, entry in tables[t].items():
+            rows(t, row, entry)
+    for backbone, entries in tables["table3"].items():
+        for method, entry in entries.items():
+            rows("table3", f"{backbone}/{method}", entry)
+    return out.getvalue()
+
+
+def runs_csv(finished: dict, times: dict) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    cols = ["pcc_tile_mean", "pcc_tile_sd", "mse_tile_mean", "pcc_gene_mean"]
+    w.writerow(
+        ["backbone", "method", "fold", "seed", "steps", *cols, "he_to_st_R@5", "st_to_he_R@5"]
+        + ["wall_s", "cpu_s"]
+    )
+    for r, res in finished.items():
+        t = res["trained"]
+        probe = t.get("probe", {})
+        ret = t.get("retrieval")
+        w.writerow(
+            [r.backbone, r.method, r.fold, r.seed, res["steps"]]
+            + [f"{probe[c]:.6g}" if c in probe else "" for c in cols]
+            + [f"{ret[d]['combined']['R@5']:.6g}" if ret else "" for d in DIRECTIONS]
+            + [(times.get(r) or {}).get(k, "") for k in ("wall", "cpu")]
+        )
+    return out.getvalue()
+
+
+def _bars(ax, labels: list[str], values: list[list[float] | None], title: str) -> None:
+    x = np.arange(len(labels))
+    means = [np.nan if not v else v[0] for v in values]
+    sds = [0.0 if not v else v[1] for v in values]
+    ax.bar(x, means, yerr=sds, capsize=3, color="tab:blue")
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize="small")
+    ax.set_title(title)
+
+
+def plots(tables: dict, out_dir: pathlib.Path) -> None:
+    panels = {
+        "table1": (tables["table1"], [(k, k) for k in EXPRESSION]),
+        "table4": (
+            tables["table4"],
+            [(k, k) for k in EXPRESSION] + [("HE→ST R@5", ("he_to_st", "R@5"))],
+        ),
+        "table2": (
+            tables["table2"],
+            [
+                (f"{d.replace('_to_', '→').upper()} {k}", (d, k))
+                for d in DIRECTIONS
+                for k in RECALLS
+            ],
+        ),
+        "table3": (
+            {f"{b}/{m}": e for b, entries in tables["table3"].items() for m, e in entries.items()},
+            [(k, k) for k in EXPRESSION],
+        ),
+    }
+    for name, (table, metrics) in panels.items():
+        if not table:
+            continue
+        fig = Figure(figsize=(3.6 * len(metrics), 4.2), layout="constrained")
+        axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+        for ax, (title, key) in zip(axes, metrics):
+            if isinstance(key, tuple):
+                vals = [row.get(key[0], {}).get(key[1]) for row in table.values()]
+            else:
+                vals = [row.get(key) for row in table.values()]
+            _bars(ax, list(table), vals, title)
+        fig.suptitle(f"{name}: mean ± sd over folds × seeds")
+        report.save_png(fig, out_dir / f"{name}.png")
+
+
+def write(workdir: str | pathlib.Path, runs: list[Run], config: ml_collections.ConfigDict) -> dict:
+    """Writes the tables of the finished `runs`; tables.json last (its presence: all written)."""
+    workdir = pathlib.Path(workdir)
+    finished, times = {}, {}
+    for r in runs:
+        if (workdir / r.path / "results.json").exists():
+            finished[r], times[r] = read_run(workdir, r)
+    if not finished:
+        raise ValueError(f"no finished run under {workdir / 'runs'}")
+    tables = collect(finished)
+    atomic.write_text(workdir / "tables.md", markdown(tables, finished, config))
+    atomic.write_text(workdir / "tables.csv", csv_text(tables))
+    atomic.write_text(workdir / "runs.csv", runs_csv(finished, times))
+    plots(tables, workdir / "plots")
+    atomic.write_json(workdir / "tables.json", tables, indent=2)
+    return tables

@@ -1,0 +1,121 @@
+"""The paper's experiments end to end on a user's slide (configs/generic.py:demo), shrunk to seconds."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from support.configs import REPO, load_config, shrink
+from support.slides import pink_slide
+
+from sigmma_jax.experiments import suite, tables
+from sigmma_jax.models import backbones
+from sigmma_jax.train import loop
+
+
+def _random_backbone(path, config, width, seed):
+    """A small random ViT saved as converted weights (what Table 3 reads)."""
+    cfg = dict(kind="vit", **dict(config.model.vit.to_dict(), width=width))
+    backbones.save(path, "uni", cfg, backbones.init_params(backbones.build(cfg), seed=seed), {})
+    return f"{path.name}={path}"
+
+
+@pytest.fixture(scope="module")
+def user_slide(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slide")
+    wsi, cells, *_ = pink_slide(root, side_px=1900, n_cells=1200)
+    c = shrink(load_config("generic", "demo"))
+    c.data.update(cells=str(cells), wsi=str(wsi))
+    c.data.split.block_tiles = 2
+    c.train.steps = 2
+    c.mesh.data = 1  # one device: the suite's logic, not sharding (tests/train cover 8 devices)
+    return c, root
+
+
+def test_suite_fills_every_table_and_resumes(user_slide, tmp_path, monkeypatch):
+    config, _ = user_slide
+    config = config.copy_and_resolve_references()
+    config.suite.update(
+        methods=("frozen_backbone", "bleep", "gene_sentence"),
+        seeds=(0,),
+        backbones=(
+            _random_backbone(tmp_path / "vit_a", config, 32, 1),
+            _random_backbone(tmp_path / "vit_b", config, 48, 2),
+        ),
+    )
+    w = tmp_path / "w"
+    out = suite.run_suite(config, w)
+    assert json.loads((w / "tables.json").read_text()) == out
+    assert (out["n_folds"], out["n_seeds"]) == (1, 1)
+    assert list(out["table1"]) == ["frozen_backbone", "bleep", "gene_sentence"]
+    for row in out["table1"].values():
+        assert all(np.isfinite(row[k]).all() and len(row[k]) == 2 for k in tables.EXPRESSION)
+    assert set(out["table1"]["bleep"]["knn_expression"]) == set(tables.EXPRESSION)
+    assert list(out["table2"]) == ["bleep", "gene_sentence"]
+    assert set(out["table2"]["bleep"]["he_to_st"]) == {"R@5", "R@10", "R@15"}
+    assert list(out["table3"]) == ["vit_a", "vit_b"]
+    assert all(list(v) == ["frozen_backbone", "sigmma"] for v in out["table3"].values())
+    assert list(out["table4"]) == ["no_graph"]  # the one ablation this suite ran
+    assert set(out["table4"]["no_graph"]) == {*tables.EXPRESSION, "he_to_st", "st_to_he"}
+    # Every run read the one shard set; Table 3 ran each backbone's own weights.
+    assert sorted(p.name for p in w.iterdir()) == [
+        "plots",
+        "runs",
+        "runs.csv",
+        "shards",
+        "tables.csv",
+        "tables.json",
+        "tables.md",
+    ]
+    assert not list((w / "runs").rglob("shards"))
+    probe = lambda b: tables.read_run(w, suite.Run("frozen_backbone", 0, 0, b))[0]["trained"][
+        "probe"
+    ]
+    assert probe("vit_a")["pcc_tile_mean"] != probe("vit_b")["pcc_tile_mean"]
+    md = (w / "tables.md").read_text()
+    for text in ("## Table 1", "## Table 2", "## Table 3", "## Table 4", "without intercept"):
+        assert text in md
+    for t in ("table1", "table2", "table3", "table4"):
+        assert (w / "plots" / f"{t}.png").stat().st_size > 0
+    assert "table3,vit_b/sigmma,pcc_tile," in (w / "tables.csv").read_text()
+    assert len((w / "runs.csv").read_text().splitlines()) == 1 + 3 + 4
+
+    # A second call trains nothing; after an interruption only the unfinished run runs again.
+    calls = []
+    train = loop.train_and_evaluate
+    monkeypatch.setattr(
+        loop, "train_and_evaluate", lambda c, d, **k: calls.append(d) or train(c, d, **k)
+    )
+    assert suite.run_suite(config, w) == out and calls == []
+    (w / "runs/main/frozen_backbone/fold0/seed0/results.json").unlink()
+    assert suite.run_suite(config, w) == out
+    assert calls == [w / "runs/main/frozen_backbone/fold0/seed0"]
+
+
+def test_command_runs_a_suite_from_the_command_line(user_slide, tmp_path):
+    config, root = user_slide
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sigmma_jax.experiments",
+            "--config=configs/generic.py:demo",
+            f"--config.data.cells={config.data.cells}",
+            f"--config.data.wsi={config.data.wsi}",
+            "--config.data.split.block_tiles=2",
+            "--config.mesh.data=1",
+            "--config.train.global_batch=8",
+            "--config.suite.methods=('frozen_backbone',)",
+            "--config.suite.seeds=(3,)",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[1/1] main/frozen_backbone fold 0 seed 3: " in r.stdout
+    out = json.loads((tmp_path / "tables.json").read_text())
+    assert list(out["table1"]) == ["frozen_backbone"] and out["n_seeds"] == 1

@@ -1,0 +1,95 @@
+"""The tables from made-up runs: layout, means and spreads, orders."""
+
+import numpy as np
+import pytest
+
+from sigmma_jax import config_base
+from sigmma_jax.experiments import tables
+from sigmma_jax.experiments.suite import Run
+
+
+def _results(rng, retrieval=True, knn=False):
+    probe = dict(
+        pcc_tile_mean=rng.uniform(0.3, 0.7),
+        pcc_tile_sd=rng.uniform(0.1, 0.3),
+        mse_tile_mean=rng.uniform(0.5, 2.0),
+        mse_tile_sd=rng.uniform(0.1, 0.5),
+        pcc_gene_mean=rng.uniform(0.3, 0.8),
+        n_genes=50,
+    )
+    trained = dict(probe=probe)
+    if knn:
+        trained["knn_expression"] = dict(probe)
+    if retrieval:
+        trained["retrieval"] = {
+            d: {"combined": {k: rng.uniform(0, 1) for k in tables.RECALLS}}
+            for d in tables.DIRECTIONS
+        }
+    return dict(trained=trained, steps=10, n_test_tiles=40, n_train_tiles=160)
+
+
+def test_rows_are_mean_and_sd_over_folds_and_seeds():
+    rng = np.random.default_rng(0)
+    finished = {}
+    for method in ("frozen_backbone", "bleep", "gene_sentence", "sigmma", "graph_multiscale_full"):
+        for fold in (0, 1):
+            for seed in (0, 1, 2):
+                finished[Run(method, fold, seed)] = _results(
+                    rng, retrieval=method != "frozen_backbone", knn=method == "bleep"
+                )
+    for backbone in ("resnet50", "uni"):
+        for method in ("frozen_backbone", "sigmma"):
+            for fold in (0, 1):
+                for seed in (0, 1, 2):
+                    finished[Run(method, fold, seed, backbone)] = _results(rng)
+    out = tables.collect(finished)
+    assert (out["n_folds"], out["n_seeds"]) == (2, 3)
+    assert list(out["table1"]) == ["frozen_backbone", "bleep", "gene_sentence", "sigmma"]
+    vals = [
+        finished[Run("sigmma", f, s)]["trained"]["probe"]["pcc_tile_mean"]
+        for f in (0, 1)
+        for s in (0, 1, 2)
+    ]
+    assert out["table1"]["sigmma"]["pcc_tile"] == pytest.approx(
+        [np.mean(vals), np.std(vals, ddof=1)]
+    )
+    r5 = [
+        finished[Run("bleep", f, s)]["trained"]["retrieval"]["st_to_he"]["combined"]["R@5"]
+        for f in (0, 1)
+        for s in (0, 1, 2)
+    ]
+    assert out["table2"]["bleep"]["st_to_he"]["R@5"] == pytest.approx(
+        [np.mean(r5), np.std(r5, ddof=1)]
+    )
+    assert "frozen_backbone" not in out["table2"]  # no ST side
+    assert set(out["table1"]["bleep"]["knn_expression"]) == {"pcc_tile", "mse_tile", "pcc_gene"}
+    assert list(out["table3"]) == ["resnet50", "uni"]
+    uni = [
+        finished[Run("frozen_backbone", f, s, "uni")]["trained"]["probe"]["mse_tile_mean"]
+        for f in (0, 1)
+        for s in (0, 1, 2)
+    ]
+    assert out["table3"]["uni"]["frozen_backbone"]["mse_tile"] == pytest.approx(
+        [np.mean(uni), np.std(uni, ddof=1)]
+    )
+    # Table 4 names its rows; (a) is the gene-sentence model, and rows not run are absent.
+    assert list(out["table4"]) == ["no_graph", "graph_multiscale_full", "sigmma"]
+    assert out["table4"]["no_graph"]["pcc_gene"] == out["table1"]["gene_sentence"]["pcc_gene"]
+    assert out["table4"]["sigmma"]["he_to_st"] == out["table2"]["sigmma"]["he_to_st"]
+
+    config = config_base.base_config()
+    md = tables.markdown(out, finished, config)
+    assert "2 fold(s) × 3 seed(s)" in md and "without intercept" in md
+    order = md.split("Order by PCC per tile: ")[1].splitlines()[0]
+    ranked = sorted(out["table1"], key=lambda m: -out["table1"][m]["pcc_tile"][0])
+    assert [part.split()[0] for part in order.split(" > ")] == ranked
+    assert "## Per fold" in md and "| main/sigmma |" in md
+    csv = tables.csv_text(out)
+    assert f"table1,sigmma,pcc_tile,{np.mean(vals):.6g},{np.std(vals, ddof=1):.6g}" in csv
+    assert "table3,uni/frozen_backbone,mse_tile," in csv
+    assert "table2,bleep,he_to_st/R@5," in csv
+
+
+def test_a_single_run_has_zero_spread():
+    out = tables.collect({Run("sigmma", 0, 0): _results(np.random.default_rng(1))})
+    assert out["table1"]["sigmma"]["pcc_gene"][1] == 0.0 and out["n_seeds"] == 1
