@@ -28,8 +28,9 @@ def allowed_names() -> dict[str, Iterable[str]]:
     # Imported here: the registries pull in the model and the evaluators, which the config schema
     # (and a command's --help) does not need.
     from sigmma_jax import evaluation
-    from sigmma_jax.data import graphs, shards, sources, splits
-    from sigmma_jax.evaluation import probe
+    from sigmma_jax.data import features, graphs, shards, sources, splits
+    from sigmma_jax.evaluation import expression, probe
+    from sigmma_jax.experiments import methods
     from sigmma_jax.models import backbones, sigmma, st_encoder
     from sigmma_jax.train import losses
 
@@ -37,6 +38,9 @@ def allowed_names() -> dict[str, Iterable[str]]:
         "data.source": sources.SOURCES,
         "data.overflow": shards.OVERFLOW,
         "data.graph": graphs.METHODS,
+        "data.micro_graph": graphs.SCOPES,
+        "data.node_features": features.NODE_FEATURES,
+        "data.tile_features": features.TILE_FEATURES,  # each of the list
         "data.split.by": splits.SPLIT_BY,
         "model.backbone_mode": backbones.TRAINING_MODES,
         "model.he_tower": sigmma.HE_TOWERS,
@@ -48,8 +52,14 @@ def allowed_names() -> dict[str, Iterable[str]]:
         "model.attn_impl": ("", "xla", "cudnn"),
         "train.loss": losses.LOSSES,
         "eval.probe_embedding": probe.EMBEDDINGS,
+        "eval.target": expression.TARGETS,
         "evals": evaluation.EVALUATORS,  # each of the list
+        "suite.methods": methods.METHODS,  # each of the list
     }
+
+
+# Keys whose value is a list, each item checked against the names.
+LISTS = ("evals", "data.tile_features", "suite.methods")
 
 
 def _positive(v) -> bool:
@@ -148,7 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = _get(config, key)
         if value is _MISSING:
             continue
-        for v in value if key == "evals" else (value,):
+        for v in value if key in LISTS else (value,):
             _check_name(key, v, allowed)
     for key, (ok, must) in RANGES.items():
         value = _get(config, key)

@@ -40,6 +40,9 @@ def _set(c, key, value):
         ("model.st.eval_edges", "expectaton", "expectation"),
         ("train.loss", "infonce", "info_nce"),
         ("eval.probe_embedding", "projectd", "projected"),
+        ("data.micro_graph", "tiel", "tile"),
+        ("data.node_features", "pcaa", "pca"),
+        ("eval.target", "log1p_normalised", "log1p_normalized"),
     ],
 )
 def test_a_bad_name_is_one_line_with_what_is_allowed(key, value, hint):
@@ -73,6 +76,24 @@ def test_a_value_out_of_range_is_one_line(key, value, must):
     assert str(e.value) == f"config.{key} = {value!r}: must be {must}"
 
 
+@pytest.mark.parametrize(
+    "key,value,hint",
+    [
+        ("data.tile_features", ("gene_sentense",), "gene_sentence"),
+        ("suite.methods", ("sigmma", "bleeep"), "bleep"),
+    ],
+)
+def test_each_name_of_a_list_is_checked(key, value, hint):
+    c = tiny_config()
+    _set(c, key, value)
+    with pytest.raises(config_check.ConfigError) as e:
+        config_check.validate(c)
+    allowed = ", ".join(map(repr, _names(key)))
+    assert str(e.value) == (
+        f"config.{key} = {value[-1]!r}: expected one of {allowed} (did you mean {hint!r}?)"
+    )
+
+
 def test_evaluators_scale_weights_and_split_fractions():
     c = tiny_config()
     c.evals = ("retrieval", "probes")
@@ -103,8 +124,8 @@ def test_evaluators_scale_weights_and_split_fractions():
 
 def test_allowed_names_come_from_the_registries(monkeypatch):
     c = tiny_config()
-    c.train.loss = "bleep"
+    c.train.loss = "a_new_loss"
     with pytest.raises(config_check.ConfigError):
         config_check.validate(c)
-    monkeypatch.setitem(losses.LOSSES, "bleep", losses.multiscale_info_nce)
+    monkeypatch.setitem(losses.LOSSES, "a_new_loss", losses.multiscale_info_nce)
     config_check.validate(c)  # registered: valid, with no list to update here
