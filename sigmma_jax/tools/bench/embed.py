@@ -25,9 +25,17 @@ from sigmma_jax.tools.bench import common
 flags.DEFINE_string(
     "slide", "", "embed: a slide folder (slide.ome.tif, cells.h5ad) instead of one made"
 )
+flags.DEFINE_bool("embed_clusters", True, "embed: also time clustering and figures (2nd phase).")
 
 
-def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path, slide_dir: str) -> dict:
+def run(
+    run_dir: str,
+    size_um: float,
+    workers: int,
+    workdir: pathlib.Path,
+    slide_dir: str,
+    clusters: bool = True,
+) -> dict:
     from sigmma_jax.data import synthetic
 
     t0 = time.time()
@@ -53,9 +61,7 @@ def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path, slide
     ]
     embed_s, embed_peak = common.run_measured(cmd + ["--nofigures"])
     done = json.loads((out / "embed.json").read_text())
-    figures_s, figures_peak = common.run_measured(cmd)
-    clusters = json.loads((out / "clusters.json").read_text())
-    return dict(
+    r = dict(
         slide=slide_dir or f"synthetic {size_um:g} µm",
         cells=done["cells"],
         tiles=done["tiles"],
@@ -67,16 +73,23 @@ def run(run_dir: str, size_um: float, workers: int, workdir: pathlib.Path, slide
         model_cells_per_s=round(done["cells"] / max(done["seconds"], 1e-9)),
         embed_total_s=round(embed_s, 1),
         embed_peak_rss_mb=round(embed_peak),
-        clusters_figures_s=round(figures_s, 1),
-        clusters_figures_peak_rss_mb=round(figures_peak),
-        n_clusters=clusters["n_clusters"],
     )
+    if clusters:
+        figures_s, figures_peak = common.run_measured(cmd)
+        r.update(
+            clusters_figures_s=round(figures_s, 1),
+            clusters_figures_peak_rss_mb=round(figures_peak),
+            n_clusters=json.loads((out / "clusters.json").read_text())["n_clusters"],
+        )
+    return r
 
 
 def run_cli(a) -> int:
     if not a.run:
         raise app.UsageError("--run=RUN_DIR: a trained run (e.g. the demo's) embeds the slide")
     with tempfile.TemporaryDirectory() as tmp:
-        r = run(a.run, a.size_um, a.workers, pathlib.Path(a.workdir or tmp), a.slide)
+        r = run(
+            a.run, a.size_um, a.workers, pathlib.Path(a.workdir or tmp), a.slide, a.embed_clusters
+        )
     common.print_result(r)
     return 0
