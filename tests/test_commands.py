@@ -94,7 +94,7 @@ def test_a_bad_config_value_stops_the_run_before_any_work(tmp_path):
     )
     assert (r.returncode, r.stderr.strip()) == (
         2,
-        "error: config.data.overflow = 'dorp': expected one of 'subsample', 'drop' "
+        "error: config.data.overflow = 'dorp': expected one of 'subsample', 'drop', 'keep' "
         "(did you mean 'drop'?)",
     )
     assert not workdir.exists()

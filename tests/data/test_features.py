@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
-from support.configs import tiny_config
+from support.configs import preprocessing_only, tiny_config
 from support.slides import pink_slide
 
 from sigmma_jax.data import features, input_pipeline, readers, shards
@@ -89,7 +89,7 @@ def embedded_slide(tmp_path):
     c = tiny_config(tmp_path / "shards")
     c.data.update(source="generic", cells=str(cells), wsi=str(wsi), cell_embedding_key="emb")
     c.data.split.update(block_tiles=1, test_fraction=0.3)
-    return c, xy, np.asarray(a.obsm["emb"]), a
+    return preprocessing_only(c), xy, np.asarray(a.obsm["emb"]), a
 
 
 def _batch_nodes(config, manifest, split):

@@ -188,7 +188,7 @@ def test_folds_group_samples_by_dataset_and_patient(tmp_path):
 def test_luad_config_computes_hests_folds_from_metadata(tmp_path):
     for seed, sid in enumerate(("TENX118", "TENX141")):
         sample(tmp_path, sid, seed=seed, meta=dict(dataset_title="LUAD", patient=f"P{seed}"))
-    c = shrink(load_config("luad", "demo"))
+    c = preprocessing_only(shrink(load_config("luad", "demo")))
     c.data.update(hest_dir=str(tmp_path / "hest"), shard_dir=str(tmp_path / "shards"))
     m = shards.preprocess(c, tmp_path)
     assert m["folds"] == [["TENX118"], ["TENX141"]]
