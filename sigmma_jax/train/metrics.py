@@ -72,7 +72,8 @@ class MetricsWriter:
         self._append(self.evals_path, step, results)
         for k, v in traverse_util.flatten_dict(results, sep="/").items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self.tb.add_scalar(f"eval/{k}", v, step)
+                # TensorBoard names allow no "@" (it warns per name and writes "R_5" anyway).
+                self.tb.add_scalar(f"eval/{k}".replace("@", "_"), v, step)
         self.tb.flush()
 
     def close(self) -> None:
