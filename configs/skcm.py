@@ -2,7 +2,8 @@
 
   python -m sigmma_jax.main --config=configs/skcm.py --config.data.hest_dir=HEST --workdir=W
 
-Leave-one-sample-out: --config.data.split.fold=k tests on the k-th sample. UNI weights are read from
+HEST-Benchmark's folds: --config.data.split.fold=k holds out the k-th patient (samples grouped by
+dataset_title and patient from the metadata). UNI weights are read from
 weights/uni (README, "Pretrained backbones").
 """
 
