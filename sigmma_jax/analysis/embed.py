@@ -38,8 +38,7 @@ from sigmma_jax import atomic, sharding
 from sigmma_jax.data import input_pipeline, readers, records, shards, sources, tiling
 from sigmma_jax.evaluation import inference, predictors
 from sigmma_jax.scales import SCALES
-from sigmma_jax.train import checkpoints, loop, optimizer, run_info
-from sigmma_jax.train import state as state_lib
+from sigmma_jax.train import checkpoints, loop, run_info
 
 DONE = "embed.json"
 TILES = "tiles.h5ad"
@@ -67,12 +66,7 @@ def load_run(run_dir: str | pathlib.Path, mesh) -> Run:
             f"{path}: not found; the run has not finished, or predates it (rerun "
             "`python -m sigmma_jax.main` with the same --workdir: it resumes and writes it)"
         )
-    mngr = checkpoints.manager(run_dir, config)
-    if mngr.latest_step() is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no checkpoint")
-    model, _ = loop.build_model(config, checkpoints.backbone_config(mngr))
-    tx = optimizer.make_optimizer(config)
-    abstract, _ = state_lib.abstract_state(model, tx, config, manifest, mesh)
+    model, abstract, mngr = loop.saved_model(config, run_dir, manifest, mesh)
     params, step = checkpoints.restore_params(mngr, abstract)
     mngr.close()
     return Run(run_dir, config, manifest, model, params, step, predictors.load(path))

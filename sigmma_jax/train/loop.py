@@ -43,6 +43,32 @@ def build_model(config: ml_collections.ConfigDict, backbone_config: dict | None 
     return sigmma.build(config, backbones.build(cfg, **kw)), cfg
 
 
+def train_batches(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh: Mesh):
+    """The run's training batches: the checkpointable Grain iterator of its shard set."""
+    return input_pipeline.train_iterator(
+        shards.shard_dir(config, workdir),
+        manifest,
+        config.train.global_batch,
+        seed=config.seed,
+        mesh=mesh,
+        augment_tiles=config.data.augment,
+        workers=config.data.loader_workers,
+        prefetch=config.data.prefetch,
+    )
+
+
+def saved_model(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh: Mesh):
+    """(model, abstract train state, checkpoint manager) of a workdir with checkpoints: the model
+    as the run built it (the backbone config saved with the checkpoint), for restoring."""
+    mngr = checkpoints.manager(pathlib.Path(workdir), config)
+    if mngr.latest_step() is None:
+        raise FileNotFoundError(f"{pathlib.Path(workdir) / 'checkpoints'}: no checkpoint")
+    model, _ = build_model(config, checkpoints.backbone_config(mngr))
+    tx = optimizer.make_optimizer(config)
+    abstract, _ = state_lib.abstract_state(model, tx, config, manifest, mesh)
+    return model, abstract, mngr
+
+
 class Evaluator:
     """Runs `config.evals` on given parameters; the inference function compiles once per run."""
 
@@ -90,16 +116,7 @@ def train(
     )
     tx = optimizer.make_optimizer(config)
     evaluate = Evaluator(model, config, workdir, manifest, mesh)
-    it = input_pipeline.train_iterator(
-        shards.shard_dir(config, workdir),
-        manifest,
-        config.train.global_batch,
-        seed=config.seed,
-        mesh=mesh,
-        augment_tiles=config.data.augment,
-        workers=config.data.loader_workers,
-        prefetch=config.data.prefetch,
-    )
+    it = train_batches(config, workdir, manifest, mesh)
     abstract, shardings = state_lib.abstract_state(model, tx, config, manifest, mesh)
     initial = None
     if resumed:

@@ -34,19 +34,13 @@ def measure(
 
     from sigmma_jax import sharding
     from sigmma_jax.data import input_pipeline, shards
-    from sigmma_jax.train import checkpoints, loop, optimizer
-    from sigmma_jax.train import state as state_lib
+    from sigmma_jax.train import checkpoints, loop
     from sigmma_jax.train import step as step_lib
 
     workdir = pathlib.Path(workdir)
     manifest = shards.read_manifest(shards.shard_dir(config, workdir))
     mesh = sharding.make_mesh(config)
-    mngr = checkpoints.manager(workdir, config)
-    if mngr.latest_step() is None:
-        raise FileNotFoundError(f"{workdir}: no checkpoint to measure (train first)")
-    model, _ = loop.build_model(config, checkpoints.backbone_config(mngr))
-    tx = optimizer.make_optimizer(config)
-    abstract, _ = state_lib.abstract_state(model, tx, config, manifest, mesh)
+    model, abstract, mngr = loop.saved_model(config, workdir, manifest, mesh)
     state = checkpoints.restore(mngr, abstract, step=step or None)
     mngr.close()
     weights = step_lib.scale_weights(config)
@@ -62,14 +56,7 @@ def measure(
         total, (per, _, _) = step_lib.model_loss(params, model, batch, None, weights, train=False)
         return dict(total=total, **per)
 
-    it = input_pipeline.train_iterator(
-        shards.shard_dir(config, workdir),
-        manifest,
-        config.train.global_batch,
-        seed=config.seed,
-        mesh=mesh,
-        augment_tiles=config.data.augment,
-    )
+    it = loop.train_batches(config, workdir, manifest, mesh)
     keys = jax.random.split(jax.random.PRNGKey(1234), 2 * n_keys)
     gumbel, drop = keys[:n_keys], keys[n_keys:]
     rows = []  # per batch: (both streams varied, Gumbel only, dropout only, evaluation pass)
