@@ -1,17 +1,37 @@
-"""Every test runs with 8 CPU devices, so sharded paths are exercised as on a real mesh."""
+"""Every test runs with 8 CPU devices, so sharded paths are exercised as on a real mesh.
+
+The suite is mostly XLA compiling the same small programs again (each run builds its model and
+step anew, in this process or in a child): one persistent compilation cache for the session, shared
+by the xdist workers and the processes tests start, compiles each once.
+"""
 
 import logging
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+if "SIGMMA_TEST_JIT_CACHE" not in os.environ:  # the controller (or a run without xdist)
+    os.environ["SIGMMA_TEST_JIT_CACHE"] = tempfile.mkdtemp(prefix="sigmma_jax_jit_cache_")
+    _OWN_CACHE = True
+else:  # an xdist worker: the controller's cache
+    _OWN_CACHE = False
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["SIGMMA_TEST_JIT_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # Grain reads absl flags; outside absl.app.run they must be marked parsed first.
 flags.FLAGS.mark_as_parsed()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["SIGMMA_TEST_JIT_CACHE"], ignore_errors=True)
 
 
 class _Lines(logging.Handler):
@@ -39,18 +59,12 @@ def tiny_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def process_env(tmp_path_factory):
+def process_env():
     """The environment of commands the tests start as processes: `tests` importable (configs such
-    as tests/support/tiny.py) and one JAX compilation cache for the session, so a program compiles
-    once however many processes run it."""
+    as tests/support/tiny.py) and the session's compilation cache (module docstring)."""
     from support.configs import REPO
 
-    return dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ from support.configs import tiny_config
 from sigmma_jax.tools.bench import recovery
 
 
-def test_three_kills_resume_to_identical_numbers(tmp_path, process_env, monkeypatch):
-    for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-        monkeypatch.setenv(k, process_env[k])  # the runs share compiled programs
+def test_three_kills_resume_to_identical_numbers(tmp_path):
     config = tiny_config()
     config.train.update(steps=6, checkpoint_every=2, log_every=1)
     config.evals = ("retrieval",)
