@@ -65,7 +65,7 @@ def test_a_non_finite_run_stops_naming_the_step_and_keeps_only_finite_checkpoint
 
 
 def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path, process_env):
-    args = (process_env, tmp_path, "--config.train.steps=100")
+    args = (process_env, tmp_path, "--config.train.steps=40")
     p = _main(*args, "--config.train.checkpoint_every=1000")
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 600
@@ -78,7 +78,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path, 
     assert p.returncode == 0, err[-3000:]
     assert time.time() - t < 60  # the grace period: one step and a checkpoint
     step = int(re.search(r"stopped at step (\d+) with a checkpoint", err).group(1))
-    assert 3 <= step < 100
+    assert 3 <= step < 40
     assert "parameters: backbone" in err  # counted per module at the start
     assert not (tmp_path / "results.json").exists()  # not evaluated: the run is not done
     saved = _checkpoints(tmp_path)
@@ -89,7 +89,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_a_rerun_continues(tmp_path, 
     assert p.returncode == 0, err[-3000:]
     assert f"resumed from step {step}" in err
     records = [json.loads(l) for l in metrics.read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(1, 101))
+    assert [r["step"] for r in records] == list(range(1, 41))
     assert (tmp_path / "results.json").exists()
     # The gradient norm per module: its parts make up the global norm.
     r = records[-1]
