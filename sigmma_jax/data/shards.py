@@ -427,9 +427,8 @@ def _preprocess(
             f"node_budget={d.node_budget} with overflow={d.overflow!r}) among "
             f"{validate.grids(surveys, d)}: {report}"
         )
-    validate.split_tiles(
-        tiles, slide_names, config, groups={s.name: s.group or s.name for s in slides}
-    )
+    groups = splits.sample_groups(slides)
+    validate.split_tiles(tiles, slide_names, config, groups=groups)
     report.update(
         tiles_kept=len(tiles),
         slides=slide_report,
@@ -446,7 +445,7 @@ def _preprocess(
             edges=_round_up(max(t["n_edges"] for t in tiles), 64),
         ),
         slides=slide_names,
-        groups={s.name: s.group or s.name for s in slides},
+        groups=groups,
         shards=shards,
         tiles=tiles,
         report=report,

@@ -41,6 +41,12 @@ def spatial_splits(
     return [assign[k] for k in keys]
 
 
+def sample_groups(slides) -> dict[str, str]:
+    """Sample name -> its group, from slides' `name` and `group` (HEST: dataset and patient); a
+    sample without a group is its own."""
+    return {s.name: s.group or s.name for s in slides}
+
+
 def sample_folds(slides: list[str], groups: dict[str, str] | None = None) -> list[list[str]]:
     """HEST-Benchmark's folds: the samples grouped by patient (`groups`: sample -> group, e.g.
     "dataset_title / patient"; a sample without one is its own group), groups in order of their

@@ -172,9 +172,9 @@ def check_candidates(surveys: list[Survey], config: ml_collections.ConfigDict) -
             + ": "
             + grids(surveys, d)
         )
-    names = [s.slide.name for s in surveys]
-    groups = {s.slide.name: s.slide.group or s.slide.name for s in surveys}
-    return split_tiles(tiles, names, config, estimate=True, groups=groups)
+    slides = [s.slide for s in surveys]
+    groups = splits.sample_groups(slides)
+    return split_tiles(tiles, [s.name for s in slides], config, estimate=True, groups=groups)
 
 
 def candidate_tiles(

@@ -28,19 +28,18 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401  (Agg, never pyplot)
 from matplotlib.figure import Figure
 
 from sigmma_jax import atomic
-from sigmma_jax.evaluation import report
+from sigmma_jax.evaluation import report, retrieval
 from sigmma_jax.experiments import methods
 
 if TYPE_CHECKING:
     from sigmma_jax.experiments.suite import Run
 
 EXPRESSION = {"pcc_tile": "pcc_tile_mean", "mse_tile": "mse_tile_mean", "pcc_gene": "pcc_gene_mean"}
-RECALLS = ("R@5", "R@10", "R@15")
-DIRECTIONS = ("he_to_st", "st_to_he")
+RECALLS = tuple(f"R@{p}" for p in retrieval.PERCENTS)
+DIRECTIONS = report.DIRECTIONS
 LABELS = {
     "frozen_backbone": "backbone alone, frozen (the paper's UNI row)",
     "single_scale_clip": "single-scale CLIP (whole tile vs expression MLP)",
