@@ -8,15 +8,17 @@ every number logged in metrics.jsonl (timings aside) and every shard file are co
 reference's.
 
 Each kill aims at a phase; the moment within it is random (`--kill_seed`):
-- `preprocess`: the synthetic slide's generation or the shard chunks' writing;
+- `preprocess`: the synthetic slide's generation or the shard chunks' writing, within what is left
+  of them in the workdir (a rerun keeps the finished chunks);
 - `initial_eval`: the evaluation of the model at initialisation, before the first step;
-- `train`: training, between checkpoints;
+- `train`: training, between checkpoints: a random logged step short of the end, then a random
+  moment before the next log (by step, not by time, so that no kill finds a finished run);
 - `checkpoint`: while an asynchronous checkpoint write is in flight (Orbax's temporary directory
   exists at the moment of the kill);
 - `final_eval`: the evaluation after the last step.
 Phases that only a fresh workdir goes through come first. The table records where each kill
-landed (the child's last log line and whether a checkpoint write was in flight) and where the rerun
-resumed. Figures in docs/benchmarks.md.
+landed (read from the child's log and workdir at the moment of the kill: its last log line, the
+phase, whether a checkpoint write was in flight) and where the rerun resumed. Figures in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -149,40 +151,78 @@ def _checkpoint_in_flight(workdir: pathlib.Path) -> bool:
 class Durations:
     """Phase lengths of the reference run, in seconds: the range of the random delays."""
 
-    preprocess: float
+    generate: float  # the synthetic slide (or any reading before the shards)
+    chunks: float  # writing the shard chunks
+    n_chunks: int
     initial_eval: float
-    between_checkpoints: float
+    log_gap: float  # between two logged steps
     final_eval: float
 
     @classmethod
     def of(cls, child: Child) -> Durations:
         t = lambda rx, nth=0: [s for s, l in child.lines if re.search(rx, l)][nth]
-        saves = [s for s, l in child.lines if "saving checkpoint" in l]
-        gaps = [b - a for a, b in zip(saves, saves[1:])] or [t(r"evaluating", -1) - t(r"step ")]
+        logs = [s for s, l in child.lines if re.search(r"\] step \d+/", l)]
+        gaps = sorted(b - a for a, b in zip(logs, logs[1:])) or [t(r"evaluating", -1) - logs[0]]
+        log = "\n".join(l for _, l in child.lines)
         return cls(
-            preprocess=t(r"\] mesh ") - t(r"\] JAX "),
+            generate=t(r"preprocessing \d+ chunks") - t(r"\] JAX "),
+            chunks=t(r"\] mesh ") - t(r"preprocessing \d+ chunks"),
+            n_chunks=int(re.search(r"preprocessing (\d+) chunks", log).group(1)),
             initial_eval=t(r"\] evaluated ") - t(r"\] evaluating"),
-            between_checkpoints=sorted(gaps)[len(gaps) // 2],
+            log_gap=gaps[len(gaps) // 2],
             final_eval=t(r"\] evaluated ", -1) - t(r"\] evaluating", -1),
         )
 
+    def preprocessing_left(self, workdir: pathlib.Path) -> float:
+        """The reference's time for what a run in `workdir` has still to preprocess (at least)."""
+        if (workdir / "shards" / "manifest.json").exists():
+            return 0.0
+        done = sum(1 for p in (workdir / "shards").glob("*.json") if p.name != "manifest.json")
+        generate = 0.0 if (workdir / "slide" / "slide.ome.tif").exists() else self.generate
+        return generate + self.chunks * (self.n_chunks - done) / self.n_chunks
 
-def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, steps: int) -> dict:
+
+def _workdir(child: Child) -> pathlib.Path:
+    return pathlib.Path(child.proc.args[-1].split("=", 1)[1])
+
+
+def _resumed_at(child: Child) -> int | None:
+    """The step training (re)starts from; None if the child ends first."""
+    i = child.wait_for(r"\] (step \d+/|resumed from step)")
+    if i is None:
+        return None
+    m = re.search(r"resumed from step (\d+)", child.lines[i][1])
+    return int(m.group(1)) if m else 0
+
+
+def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, train) -> dict:
     """Waits for `phase` in the child and kills it at a random moment in it."""
     row = dict(phase=phase)
-    if phase == "preprocess":
-        start, delay = child.wait_for(r"\] JAX "), rng.uniform(0, d.preprocess)
+    if phase == "preprocess":  # a random moment of what is left to preprocess in this workdir
+        start = child.wait_for(r"\] JAX ")
+        delay = rng.uniform(0, 0.9 * d.preprocessing_left(_workdir(child)))
     elif phase == "initial_eval":
         start, delay = child.wait_for(r"\] evaluating"), rng.uniform(0, 0.9 * d.initial_eval)
     elif phase == "train":
-        start = child.wait_for(r"\] (step \d+/|resumed from step)")
-        delay = rng.uniform(0, d.between_checkpoints)
+        # A random logged step before the end, then a random moment before the next log: by step,
+        # not by time, so that a kill never comes after the last save (a finished run).
+        at = _resumed_at(child)
+        steps = [
+            s
+            for s in range(train.log_every, train.steps, train.log_every)
+            if s > (at or 0) and s % train.checkpoint_every
+        ]
+        if at is None or not steps:
+            return dict(row, killed=False)
+        start = child.wait_for(rf"\] step {rng.choice(steps)}/")
+        delay = rng.uniform(0, 0.9 * d.log_gap)
     elif phase == "checkpoint":
-        # The next save after training starts (or resumes): a random delay first could outlast a
-        # short run's last save. Each rerun resumes further on, so the kills hit different saves.
+        # The next save after training starts (or resumes). Each rerun resumes further on (or at the
+        # same step, if the write did not complete), so the kills hit different saves.
         start, delay = child.wait_for(r"\] (step \d+/|resumed from step)"), 0.0
     else:  # final_eval: the evaluation after the last step (or after resuming at it)
-        end = child.wait_for(rf"\] (step {steps}/{steps} |resumed from step {steps}$)")
+        n = train.steps
+        end = child.wait_for(rf"\] (step {n}/{n} |resumed from step {n}$)")
         start = None if end is None else child.wait_for(r"\] evaluating", end)
         delay = rng.uniform(0, 0.9 * d.final_eval)
     if start is None:
@@ -191,17 +231,39 @@ def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, steps: 
     while time.time() - child.t0 < t_kill and child.proc.poll() is None:
         time.sleep(0.002)
     if phase == "checkpoint":  # the next save: kill while its temporary directory exists
-        workdir = pathlib.Path(child.proc.args[-1].split("=", 1)[1])
+        workdir = _workdir(child)
         i = child.wait_for(r"saving checkpoint", start)
         deadline = time.time() + 10
         while i is not None and not _checkpoint_in_flight(workdir) and time.time() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.005))
-        row["write_in_flight"] = _checkpoint_in_flight(workdir)
+    row["write_in_flight"] = _checkpoint_in_flight(_workdir(child))
     row["last_line"] = child.last_line()
+    row["landed"] = landed(child)
     row["at_s"] = round(time.time() - child.t0, 2)
     row["killed"] = child.kill()
     return row
+
+
+def landed(child: Child) -> str:
+    """The phase a child is in, from its log so far."""
+    lines = [l for _, l in child.lines]
+    last = lambda rx: max((i for i, l in enumerate(lines) if re.search(rx, l)), default=-1)
+    if last(r"\] results: ") >= 0:
+        return "finished"
+    if last(r"evaluating the trained model") >= 0:
+        return "final_eval"
+    if last(r"\] (step \d+/|resumed from step)") >= 0:
+        return (
+            "checkpoint"
+            if last("saving checkpoint") >= 0 and _checkpoint_in_flight(_workdir(child))
+            else "train"
+        )
+    if last(r"\] evaluating") >= 0 and last(r"\] evaluated ") < last(r"\] evaluating"):
+        return "initial_eval"
+    if last(r"\] mesh ") >= 0 or (_workdir(child) / "shards" / "manifest.json").exists():
+        return "start-up"
+    return "preprocess"
 
 
 def numbers(obj, prefix: str = "") -> dict[str, float]:
@@ -254,7 +316,6 @@ def measure(config, root: pathlib.Path, phases: list[str], seed: int, timeout: f
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(config.to_json())
     (root / "config.py").write_text(_CONFIG_PY)
-    steps = config.train.steps
     t0 = time.time()
     ref = Child(root / "config.py", root / "reference", root / "reference.log")
     if ref.finish(timeout):
@@ -266,7 +327,7 @@ def measure(config, root: pathlib.Path, phases: list[str], seed: int, timeout: f
     workdir = root / "recovered"
     for i, phase in enumerate(phases):
         child = Child(root / "config.py", workdir, root / f"run_{i:02d}.log")
-        row = _kill_in(child, phase, durations, rng, steps)
+        row = _kill_in(child, phase, durations, rng, config.train)
         if not row["killed"]:
             child.finish(timeout)
         rows.append(row)
@@ -313,14 +374,15 @@ def run(a) -> int:
 
 def markdown_table(r: dict) -> str:
     lines = [
-        "| # | aimed at | killed at (s) | last log line before the kill | write in flight | "
-        "rerun: chunks left | rerun: resumed from step |",
-        "|---|---|---|---|---|---|---|",
+        "| # | aimed at | landed in | killed at (s) | last log line before the kill | "
+        "write in flight | rerun: chunks left | rerun: resumed from step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, k in enumerate(r["kills"], 1):
         flight = {True: "yes", False: "no"}.get(k.get("write_in_flight"), "")
         lines.append(
-            f"| {i} | {k['phase']} | {k.get('at_s', '')} | `{k.get('last_line', 'not killed')}` "
+            f"| {i} | {k['phase']} | {k.get('landed', 'not killed')} | {k.get('at_s', '')} "
+            f"| `{k.get('last_line', '')}` "
             f"| {flight} | {k.get('rerun_chunks_left', '')} | {k.get('rerun_resumed_from') or '-'} |"
         )
     c = r["comparison"]
