@@ -1,7 +1,15 @@
 """`bench step`: the whole train step compiled ahead of time for 8 devices, then run."""
 
+import contextlib
+import io
+import re
+
+import jax
+import jax.ad_checkpoint
+import jax.numpy as jnp
 import numpy as np
 
+from sigmma_jax.models import backbones
 from sigmma_jax.tools.bench import step
 
 
@@ -14,6 +22,48 @@ def test_the_whole_step_compiles_for_8_devices_and_runs(tiny_shards):
     assert r["argument_gib"] * 2**30 >= 3 * 4 * r["params"]
     assert r["total_gib"] >= r["argument_gib"] and r["temp_gib"] > 0
     assert np.isfinite(r["loss"]) and r["tiles_per_s"] > 0 and "mfu" not in r  # no MFU on CPUs
+    # The estimate from shapes: state as XLA counts the arguments, float32 gradients, remat off.
+    assert abs(r["state_gib"] - r["argument_gib"] + r["batch_gib"]) < 1e-3
+    assert r["gradients_gib"] * 2**30 == 4 * r["params"]
+    assert r["saved_gib"] > 0 and r["recomputed_gib"] == 0 and not config.model.remat
+    parts = ("state_gib", "batch_gib", "gradients_gib", "saved_gib", "recomputed_gib")
+    assert r["estimate_gib"] == sum(r[k] for k in parts)
+
+
+def _reference_bytes(f, *args) -> int:
+    """What jax.ad_checkpoint.print_saved_residuals lists, inputs left out, in bytes."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        jax.ad_checkpoint.print_saved_residuals(f, *args)
+    total = 0
+    for line in out.getvalue().splitlines():
+        m = re.match(r"[a-z]+(\d+)\[([\d,]*)\] (.*)", line)
+        if not m.group(3).startswith("from the argument"):
+            total += (
+                int(m.group(1)) // 8 * int(np.prod([int(d) for d in m.group(2).split(",") if d]))
+            )
+    return total
+
+
+def test_saved_bytes_are_jax_own_residuals():
+    f = lambda w, x: jnp.sum(jnp.tanh(x @ w) * jnp.sin(x @ w).astype(jnp.bfloat16))
+    w, x = jnp.ones((4, 4)), jnp.ones((8, 4))
+    expected = _reference_bytes(f, w, x)
+    assert expected == 4 * 8 * 4 * 4  # tanh, 1 - tanh^2, cos and a cast, each f32[8, 4]
+    assert step.saved_bytes(lambda p: f(*p), (w, x)) == expected
+
+
+def test_remat_keeps_only_the_block_inputs():
+    vit = dict(img_size=32, patch_size=8, width=64, depth=3, num_heads=4, mlp_ratio=2.0)
+    x = jax.ShapeDtypeStruct((5, 32, 32, 3), jnp.float32)
+    saved = {}
+    for remat in (False, True):
+        m = backbones.build("uni", remat=remat, **vit)
+        params = jax.eval_shape(lambda m=m: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+        saved[remat] = step.saved_bytes(lambda p, x, m=m: jnp.sum(m.apply(p, x)), params, x)
+    tokens = 5 * (16 + 1) * 64 * 4  # 5 images x (16 patches + class token) x width, float32
+    # Remat keeps each block's input (and what surrounds the blocks), not what is inside them.
+    assert 3 * tokens <= saved[True] < saved[False] / 3, saved
 
 
 def test_shapes_come_from_the_manifest_or_bound_it(tiny_shards, tmp_path):

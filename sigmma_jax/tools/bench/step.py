@@ -13,7 +13,10 @@ GPUs and TPUs, model-FLOPs utilisation (the HE backbone's model FLOPs against th
 
 On a CPU, `--step_devices=N` beyond the machine's devices simulates N host devices (set before
 JAX starts). XLA:CPU's memory analysis counts arguments and outputs faithfully but not what a GPU
-would hold for activations (docs/benchmarks.md), so run it on the target accelerator to size a job.
+would hold for activations (docs/benchmarks.md). So the step is also sized from shapes alone
+(`fit_estimate`: state, gradients, and the activations the traced program keeps for its backward
+pass), which reads the same on every backend and errs high against an H100's measured peaks: the
+figure to trust without the target accelerator; on it, XLA's own analysis.
 Data shapes come from the config (node budget, tile size), or from a workdir's manifest when
 `--workdir` has one; the converted weights are not read (the backbone's preset gives the shapes).
 """
@@ -26,6 +29,8 @@ import os
 import statistics
 import time
 
+import jax
+import jax.extend as jex
 import numpy as np
 from absl import flags
 
@@ -105,9 +110,53 @@ def backbone_model_flops(config, model) -> float | None:
     return None if per_crop is None else per_crop * crops
 
 
-def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=None, genes=300):
-    import jax
+def saved_bytes(f, params, *args) -> int:
+    """Bytes JAX keeps from the forward pass of `f(params, *args)` for its gradient in `params`
+    (the VJP's residuals; inputs not counted): the activation memory as the program states it,
+    before XLA fuses part of it away. Read from the traced program, so the same on every backend."""
 
+    def linearised(p, *rest):
+        return jax.vjp(lambda q: f(q, *rest), p)[1]
+
+    jaxpr = jax.make_jaxpr(linearised)(params, *args).jaxpr
+    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+    saved = {v for v in jaxpr.outvars if not isinstance(v, jex.core.Literal) and v not in inputs}
+    return sum(v.aval.size * v.aval.dtype.itemsize for v in saved)
+
+
+def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
+    """Per-device memory of the data-parallel step from shapes alone, for accelerators whose own
+    analysis is not at hand: the replicated state, the device's share of the batch, the gradients,
+    what the backward pass keeps and, with remat, one block's activations recomputed at a time.
+    Checked against an H100 (docs/benchmarks.md): it errs high, by 11% with remat and 37% without."""
+    from sigmma_jax.train import loop
+    from sigmma_jax.train import step as step_lib
+
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    weights, key = step_lib.scale_weights(config), jax.random.key(0)
+
+    def saved(remat: bool) -> int:
+        c = config.copy_and_resolve_references()
+        c.model.remat = remat
+        model, cfg = loop.build_model(c)
+        loss = lambda p, b: step_lib.loss_fn(p, model, b, key, weights, c.train.loss)[0]
+        return saved_bytes(loss, abstract.params, batch_shapes), cfg
+
+    full, cfg = saved(False)
+    kept = saved(True)[0] if config.model.remat else full
+    blocks = cfg.get("depth") or sum(cfg.get("layers", ())) or 1
+    r = dict(
+        state_gib=nbytes(abstract) / GiB,
+        batch_gib=nbytes(batch_shapes) / n_dev / GiB,
+        gradients_gib=nbytes(abstract.params) / GiB,
+        saved_gib=kept / n_dev / GiB,  # activations are split with the batch
+        recomputed_gib=(full - kept) / blocks / n_dev / GiB,
+    )
+    r["estimate_gib"] = sum(r.values())
+    return r
+
+
+def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=None, genes=300):
     from sigmma_jax import sharding
     from sigmma_jax.data import input_pipeline
     from sigmma_jax.train import loop, optimizer
@@ -158,6 +207,7 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
         )
         # Donated state: outputs alias arguments, so they are held once.
         r["total_gib"] = r["argument_gib"] + r["output_gib"] - r["alias_gib"] + r["temp_gib"]
+    r.update(fit_estimate(config, abstract, batch_shapes, n_dev))
     r["xla_flops_per_device"] = xla_flops(compiled)
     r["backbone_model_flops"] = backbone_model_flops(config, model)
     if not run:
@@ -207,6 +257,8 @@ def markdown_table(rows: list[dict]) -> str:
         ("argument_gib", "arguments GiB", "{:.2f}"),
         ("temp_gib", "temporaries GiB", "{:.2f}"),
         ("total_gib", "total GiB / device", "{:.2f}"),
+        ("saved_gib", "kept for backward GiB", "{:.2f}"),
+        ("estimate_gib", "estimate GiB / device", "{:.2f}"),
         ("compile_s", "compile s", "{}"),
         ("step_s", "step s", "{:.3f}"),
         ("tiles_per_s", "tiles/s", "{:.1f}"),
