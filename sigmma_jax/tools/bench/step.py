@@ -15,8 +15,8 @@ On a CPU, `--step_devices=N` beyond the machine's devices simulates N host devic
 JAX starts). XLA:CPU's memory analysis counts arguments and outputs faithfully but not what a GPU
 would hold for activations (docs/benchmarks.md). So the step is also sized from shapes alone
 (`fit_estimate`: state, gradients, and the activations the traced program keeps for its backward
-pass), which reads the same on every backend and errs high against an H100's measured peaks: the
-figure to trust without the target accelerator; on it, XLA's own analysis.
+pass), which reads the same on every backend: the figure to go by without the target accelerator
+(within 7% of an H100's peaks with remat; leave a wide margin); on it, XLA's own analysis.
 Data shapes come from the config (node budget, tile size), or from a workdir's manifest when
 `--workdir` has one; the converted weights are not read (the backbone's preset gives the shapes).
 """
@@ -128,7 +128,9 @@ def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
     """Per-device memory of the data-parallel step from shapes alone, for accelerators whose own
     analysis is not at hand: the replicated state, the device's share of the batch, the gradients,
     what the backward pass keeps and, with remat, one block's activations recomputed at a time.
-    Checked against an H100 (docs/benchmarks.md): it errs high, by 11% with remat and 37% without."""
+    An estimate, not a bound: against an H100's measured peaks (docs/benchmarks.md) it was 6-7% high
+    with remat and 34% high without at 84 crops, yet 168 crops without remat (72 GiB by it) did not
+    fit in 80 GB. Leave a wide margin."""
     from sigmma_jax.train import loop
     from sigmma_jax.train import step as step_lib
 
