@@ -1,6 +1,7 @@
 """The recovery benchmark, on the tiny config: SIGKILLed during preprocessing, in training between
-checkpoints, during an asynchronous checkpoint write and during the final evaluation, a run rerun in its workdir ends with the numbers
-of an uninterrupted run (docs/benchmarks.md has 20 kills of the demo)."""
+checkpoints, during an asynchronous checkpoint write and during the final evaluation, a run rerun
+in its workdir ends with the numbers of an uninterrupted run (docs/benchmarks.md has 20 kills of
+the demo)."""
 
 import json
 
@@ -9,7 +10,7 @@ from support.configs import tiny_config
 from sigmma_jax.tools.bench import recovery
 
 
-def test_three_kills_resume_to_identical_numbers(tmp_path):
+def test_four_kills_resume_to_identical_numbers(tmp_path):
     config = tiny_config()
     config.train.update(steps=6, checkpoint_every=2, log_every=1)
     config.evals = ("retrieval",)

@@ -18,7 +18,8 @@ Each kill aims at a phase; the moment within it is random (`--kill_seed`):
 - `final_eval`: the evaluation after the last step.
 Phases that only a fresh workdir goes through come first. The table records where each kill
 landed (read from the child's log and workdir at the moment of the kill: its last log line, the
-phase, whether a checkpoint write was in flight) and where the rerun resumed. Figures in docs/benchmarks.md.
+phase, whether a checkpoint write was in flight) and where the rerun resumed. Figures in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
