@@ -84,6 +84,7 @@ class Child:
 
     def __init__(self, config_py: pathlib.Path, workdir: pathlib.Path, log: pathlib.Path):
         self.t0 = time.time()
+        self.workdir = workdir
         self.lines: list[tuple[float, str]] = []
         self.proc = subprocess.Popen(
             [
@@ -144,6 +145,10 @@ class Child:
         return re.sub(r"^\S+ \S+ \d+ ", "", lines[-1])[:90] if lines else "(none)"
 
 
+def _preprocessed(workdir: pathlib.Path) -> bool:
+    return (workdir / "shards" / "manifest.json").exists()  # written last, atomically
+
+
 def _checkpoint_in_flight(workdir: pathlib.Path) -> bool:
     return any("tmp" in p.name for p in (workdir / "checkpoints").glob("*"))
 
@@ -176,15 +181,11 @@ class Durations:
 
     def preprocessing_left(self, workdir: pathlib.Path) -> float:
         """The reference's time for what a run in `workdir` has still to preprocess (at least)."""
-        if (workdir / "shards" / "manifest.json").exists():
+        if _preprocessed(workdir):
             return 0.0
         done = sum(1 for p in (workdir / "shards").glob("*.json") if p.name != "manifest.json")
         generate = 0.0 if (workdir / "slide" / "slide.ome.tif").exists() else self.generate
         return generate + self.chunks * (self.n_chunks - done) / self.n_chunks
-
-
-def _workdir(child: Child) -> pathlib.Path:
-    return pathlib.Path(child.proc.args[-1].split("=", 1)[1])
 
 
 def _resumed_at(child: Child) -> int | None:
@@ -201,7 +202,7 @@ def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, train) 
     row = dict(phase=phase)
     if phase == "preprocess":  # a random moment of what is left to preprocess in this workdir
         start = child.wait_for(r"\] JAX ")
-        delay = rng.uniform(0, 0.9 * d.preprocessing_left(_workdir(child)))
+        delay = rng.uniform(0, 0.9 * d.preprocessing_left(child.workdir))
     elif phase == "initial_eval":
         start, delay = child.wait_for(r"\] evaluating"), rng.uniform(0, 0.9 * d.initial_eval)
     elif phase == "train":
@@ -232,22 +233,21 @@ def _kill_in(child: Child, phase: str, d: Durations, rng: random.Random, train) 
     while time.time() - child.t0 < t_kill and child.proc.poll() is None:
         time.sleep(0.002)
     if phase == "checkpoint":  # the next save: kill while its temporary directory exists
-        workdir = _workdir(child)
         i = child.wait_for(r"saving checkpoint", start)
         deadline = time.time() + 10
-        while i is not None and not _checkpoint_in_flight(workdir) and time.time() < deadline:
+        while i is not None and not _checkpoint_in_flight(child.workdir) and time.time() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.005))
-    row["write_in_flight"] = _checkpoint_in_flight(_workdir(child))
+    row["write_in_flight"] = in_flight = _checkpoint_in_flight(child.workdir)
     row["last_line"] = child.last_line()
-    row["landed"] = landed(child)
+    row["landed"] = landed(child, in_flight)
     row["at_s"] = round(time.time() - child.t0, 2)
     row["killed"] = child.kill()
     return row
 
 
-def landed(child: Child) -> str:
-    """The phase a child is in, from its log so far."""
+def landed(child: Child, write_in_flight: bool) -> str:
+    """The phase a child is in, from its log so far (and whether a checkpoint write is in flight)."""
     lines = [l for _, l in child.lines]
     last = lambda rx: max((i for i, l in enumerate(lines) if re.search(rx, l)), default=-1)
     if last(r"\] results: ") >= 0:
@@ -255,14 +255,10 @@ def landed(child: Child) -> str:
     if last(r"evaluating the trained model") >= 0:
         return "final_eval"
     if last(r"\] (step \d+/|resumed from step)") >= 0:
-        return (
-            "checkpoint"
-            if last("saving checkpoint") >= 0 and _checkpoint_in_flight(_workdir(child))
-            else "train"
-        )
+        return "checkpoint" if last("saving checkpoint") >= 0 and write_in_flight else "train"
     if last(r"\] evaluating") >= 0 and last(r"\] evaluated ") < last(r"\] evaluating"):
         return "initial_eval"
-    if last(r"\] mesh ") >= 0 or (_workdir(child) / "shards" / "manifest.json").exists():
+    if last(r"\] mesh ") >= 0 or _preprocessed(child.workdir):
         return "start-up"
     return "preprocess"
 
