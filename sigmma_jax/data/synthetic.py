@@ -557,7 +557,7 @@ def write_synthetic_slide(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
-    size_um: float = 2560.0,
+    size_um: float = 3840.0,
     pixel_size_um: float = 0.2737,
     n_genes: int = 120,
     cell_density: float = 1.0,
