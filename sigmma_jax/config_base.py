@@ -147,7 +147,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Evaluators by name (sigmma_jax.evaluation.EVALUATORS), run at the end of training and, when
     # eval_every > 0, every eval_every steps; results are keyed by evaluator.
-    c.evals = ("retrieval", "probe", "knn_expression")
+    # retrieval_train: the same recall on as many training tiles (the gap to retrieval is overfitting)
+    c.evals = ("retrieval", "retrieval_train", "probe", "knn_expression")
     c.eval_every = 0
     c.eval = e = ml_collections.ConfigDict()
     e.batch = 64

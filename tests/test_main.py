@@ -14,8 +14,10 @@ def _assert_results(workdir, n_test):
     for which in ("trained", "initial"):
         for d in ("he_to_st", "st_to_he"):
             for s in ("micro", "meso", "macro", "combined"):
-                assert set(r[which]["retrieval"][d][s]) == {"R@5", "R@10", "R@15"}
-                assert 0 <= r[which]["retrieval"][d][s]["R@15"] <= 1
+                for e in ("retrieval", "retrieval_train"):
+                    assert set(r[which][e][d][s]) == {"R@5", "R@10", "R@15"}
+                    assert 0 <= r[which][e][d][s]["R@15"] <= 1
+        assert r[which]["retrieval_train"]["n_tiles"] == min(n_test, r["n_train_tiles"])
         for e in ("probe", "knn_expression"):
             assert {"pcc_tile_mean", "pcc_tile_sd", "mse_tile_mean", "pcc_gene_mean"} <= set(
                 r[which][e]
@@ -34,7 +36,7 @@ def test_demo_config_runs_end_to_end(tiny_run):
     log = (run.parent / "tiny_run.log").read_text().splitlines()
     files = ("results.md", "results.json", "plots/recall.png", "plots/training.png")
     assert log[-1] == "results: " + ", ".join(str(run / f) for f in files)
-    assert "evaluating the trained model (retrieval, probe, knn_expression)" in "\n".join(log)
+    assert "evaluating the trained model (retrieval, retrieval_train, probe, knn_expression)" in "\n".join(log)
 
 
 def test_luad_config_runs_on_a_hest_folder(tmp_path):

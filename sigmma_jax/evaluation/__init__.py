@@ -17,10 +17,11 @@ import ml_collections
 import numpy as np
 
 from sigmma_jax.evaluation import genes as genes_lib
-from sigmma_jax.evaluation import knn_expression, probe, retrieval
+from sigmma_jax.evaluation import knn_expression, probe, retrieval, retrieval_train
 
 EVALUATORS = {
     "retrieval": retrieval,
+    "retrieval_train": retrieval_train,
     "probe": probe,
     "knn_expression": knn_expression,
 }

@@ -77,8 +77,10 @@ def md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
-def _recall(results: dict, model: str, direction: str, scale: str, key: str) -> Any:
-    return results[model].get("retrieval", {}).get(direction, {}).get(scale, {}).get(key)
+def _recall(
+    results: dict, model: str, direction: str, scale: str, key: str, evaluator: str = "retrieval"
+) -> Any:
+    return results[model].get(evaluator, {}).get(direction, {}).get(scale, {}).get(key)
 
 
 def _recall_keys(results: dict, models: list[str]) -> list[str]:
@@ -107,6 +109,28 @@ def _markdown(results: dict) -> str:
                 vals = [_recall(results, m, d, s, k) for k in keys for m in models]
                 if any(v is not None for v in vals):
                     rows.append([d.replace("_to_", "→").upper(), s] + [_fmt(v) for v in vals])
+        lines += md_table(header, rows) + [""]
+
+    trained_on = {
+        m: results[m]["retrieval_train"] for m in models if "retrieval_train" in results[m]
+    }
+    if keys and trained_on:
+        n = next(iter(trained_on.values()))["n_tiles"]
+        lines += [
+            f"## Retrieval on {n} training tiles (combined; far above the held-out figure: "
+            "overfitting)",
+            "",
+        ]
+        header = ["direction"] + [f"{k}% {m}" for k in keys for m in trained_on]
+        rows = [
+            [d.replace("_to_", "→").upper()]
+            + [
+                _fmt(_recall(results, m, d, "combined", k, "retrieval_train"))
+                for k in keys
+                for m in trained_on
+            ]
+            for d in DIRECTIONS
+        ]
         lines += md_table(header, rows) + [""]
 
     for evaluator, title in EXPRESSION.items():

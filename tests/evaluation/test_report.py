@@ -47,6 +47,17 @@ def _results():
     }
 
 
+def test_results_md_has_the_training_tiles_recall_next_to_the_held_out_one(tmp_path):
+    res = _results()
+    res["trained"]["retrieval_train"] = dict(_retrieval(0.6), n_tiles=412)
+    write_results(tmp_path, res)
+    md = (tmp_path / "results.md").read_text()
+    table = md.split("## Retrieval on 412 training tiles")[1].split("##")[0]
+    assert "| direction | R@5% trained | R@10% trained | R@15% trained |" in table
+    assert "| HE→ST | 0.7500 | 0.8500 | 0.9500 |" in table  # combined: 0.6 + 3 * 0.05
+    assert "| ST→HE | 0.7600 | 0.8600 | 0.9600 |" in table
+
+
 def _assert_png(path):
     img = matplotlib.image.imread(path)
     assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50

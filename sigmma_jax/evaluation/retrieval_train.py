@@ -1,0 +1,28 @@
+"""Cross-modal retrieval on training tiles: `retrieval`'s Recall@p% on a seeded sample of as many
+training tiles as there are held-out ones, so that both figures rank among as many candidates.
+
+The gap between this and the held-out figure is how much the model overfits; on a slide with few
+training tiles it can be most of the story (docs/benchmarks.md, "The demo over seeds").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sigmma_jax.evaluation import retrieval
+
+SPLITS = ("train", "test")
+
+
+def sample(n_train: int, n_test: int, seed: int) -> np.ndarray:
+    """Sorted indices of min(n_train, n_test) training tiles, the same for every model of a run."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_train, size=min(n_train, n_test), replace=False))
+
+
+def evaluate(embeddings: dict, config) -> dict:
+    """`retrieval.retrieval_metrics` on the sample, and its size as "n_tiles"."""
+    train = embeddings["train"]
+    idx = sample(len(train["targets"]), len(embeddings["test"]["targets"]), config.data.split.seed)
+    he, st = ({s: v[idx] for s, v in train[side].items()} for side in ("he", "st"))
+    return dict(retrieval.retrieval_metrics(he, st), n_tiles=int(len(idx)))
