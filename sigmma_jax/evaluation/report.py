@@ -117,7 +117,7 @@ def _markdown(results: dict) -> str:
     if keys and trained_on:
         n = next(iter(trained_on.values()))["n_tiles"]
         lines += [
-            f"## Retrieval on {n} training tiles (combined; far above the held-out figure: "
+            f"## Retrieval on {n} training tiles (combined; its gap to the held-out figure is "
             "overfitting)",
             "",
         ]
