@@ -36,7 +36,10 @@ def test_demo_config_runs_end_to_end(tiny_run):
     log = (run.parent / "tiny_run.log").read_text().splitlines()
     files = ("results.md", "results.json", "plots/recall.png", "plots/training.png")
     assert log[-1] == "results: " + ", ".join(str(run / f) for f in files)
-    assert "evaluating the trained model (retrieval, retrieval_train, probe, knn_expression)" in "\n".join(log)
+    assert (
+        "evaluating the trained model (retrieval, retrieval_train, probe, knn_expression)"
+        in "\n".join(log)
+    )
 
 
 def test_luad_config_runs_on_a_hest_folder(tmp_path):

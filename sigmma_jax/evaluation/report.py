@@ -83,6 +83,10 @@ def _recall(
     return results[model].get(evaluator, {}).get(direction, {}).get(scale, {}).get(key)
 
 
+def _direction(d: str) -> str:
+    return d.replace("_to_", "→").upper()  # "he_to_st" -> "HE→ST"
+
+
 def _recall_keys(results: dict, models: list[str]) -> list[str]:
     for m in models:
         for by_scale in results[m].get("retrieval", {}).values():
@@ -108,7 +112,7 @@ def _markdown(results: dict) -> str:
             for s in RETRIEVAL_SCALES:
                 vals = [_recall(results, m, d, s, k) for k in keys for m in models]
                 if any(v is not None for v in vals):
-                    rows.append([d.replace("_to_", "→").upper(), s] + [_fmt(v) for v in vals])
+                    rows.append([_direction(d), s] + [_fmt(v) for v in vals])
         lines += md_table(header, rows) + [""]
 
     trained_on = {
@@ -123,7 +127,7 @@ def _markdown(results: dict) -> str:
         ]
         header = ["direction"] + [f"{k}% {m}" for k in keys for m in trained_on]
         rows = [
-            [d.replace("_to_", "→").upper()]
+            [_direction(d)]
             + [
                 _fmt(_recall(results, m, d, "combined", k, "retrieval_train"))
                 for k in keys
