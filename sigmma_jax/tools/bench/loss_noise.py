@@ -75,7 +75,9 @@ def measure(
             )
         )
     names = ["total"] + [k for k in rows[0][3] if k != "total"]
-    arr = lambda i, k: np.array([[r[k] for r in row[i]] for row in rows])  # (batches, keys)
+    # (batches, keys), float64: the losses are float32 and numpy's float32 mean of equal values can
+    # miss them by an ulp, which would read as a spread of ~1e-7 where there is none.
+    arr = lambda i, k: np.array([[r[k] for r in row[i]] for row in rows], np.float64)
     out = {"step": int(state.step), "batch": config.train.global_batch}
     out["mean_loss"] = {k: float(arr(0, k).mean()) for k in names}
     out["chance"] = {k: float(np.log(config.train.global_batch)) for k in names if k != "total"}
