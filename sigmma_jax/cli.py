@@ -21,8 +21,7 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from sigmma_jax.config_check import ConfigError
-from sigmma_jax.data.readers import InputError
+from sigmma_jax.errors import ConfigError, InputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

@@ -15,12 +15,7 @@ from typing import Any, Callable, Iterable
 
 import ml_collections
 
-from sigmma_jax.data.readers import InputError
-
-
-class ConfigError(InputError):
-    """A config value the code cannot use: a usage error (the command line or the config file is
-    wrong, not the data)."""
+from sigmma_jax.errors import ConfigError
 
 
 def allowed_names() -> dict[str, Iterable[str]]:

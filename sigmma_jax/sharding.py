@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sigmma_jax.config_check import ConfigError
+from sigmma_jax.errors import ConfigError
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:

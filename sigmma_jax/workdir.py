@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Iterator
 
-from sigmma_jax.data.readers import InputError
+from sigmma_jax.errors import InputError
 
 LOCK = ".lock"
 _held: dict[str, list] = {}  # resolved directory -> [fd, depth]: nested locks of one process

@@ -18,6 +18,8 @@ import scipy.sparse as sp
 import tifffile
 import zarr
 
+from sigmma_jax.errors import InputError
+
 # Xenium control probes and unassigned codewords carry no biology (docs/method.md, "Data formats").
 CONTROL_PATTERN = re.compile(
     r"^(BLANK|NegControl|Unassigned|Deprecated|antisense|IntergenicRegion)", re.IGNORECASE
@@ -45,8 +47,6 @@ GENE_NAME_COLUMNS = (
 )
 
 
-class InputError(ValueError):
-    """Bad input: the message names the file and the problem."""
 
 
 @dataclasses.dataclass
@@ -65,6 +65,10 @@ class Slide:
     # Samples of one group (HEST: one patient of one dataset) are held out together; "" -> the name.
     group: str = ""
     embeddings: np.ndarray | None = None  # (n, d) precomputed per-cell embeddings, if given
+    # Spots (Visium): each row of `xy` is a spot centre and `cell_ids` its barcode; 0 for cells.
+    spot_diameter_um: float = 0.0
+    # Ground-truth domain per row (e.g. DLPFC's layers), "" where unannotated: evaluation only.
+    labels: np.ndarray | None = None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import scipy.ndimage
 import scipy.sparse as sp
 
 from sigmma_jax.data import readers, splits, tiling
-from sigmma_jax.data.readers import InputError
+from sigmma_jax.errors import InputError
 
 # A cell closer than this to tissue counts as on it (segmentation and registration are not exact).
 _ON_TISSUE_MARGIN_UM = 20.0

@@ -24,11 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
+from sigmma_jax.errors import NonFinite
+
 from sigmma_jax.scales import SCALES
-
-
-class NonFinite(RuntimeError):
-    """A training step produced a non-finite loss, gradient or parameter."""
 
 
 def all_finite(tree) -> jax.Array:
