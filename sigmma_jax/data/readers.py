@@ -47,8 +47,6 @@ GENE_NAME_COLUMNS = (
 )
 
 
-
-
 @dataclasses.dataclass
 class Slide:
     name: str

@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from sigmma_jax.errors import NonFinite
-
 from sigmma_jax.scales import SCALES
 
 
