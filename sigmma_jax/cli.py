@@ -21,7 +21,8 @@ from typing import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-from sigmma_jax.errors import ConfigError, InputError
+from sigmma_jax import config_check
+from sigmma_jax.errors import ConfigError, InputError, NonFinite
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -139,13 +140,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], int | None], errors: tuple[type, ...] = ()) -> None:
     """`absl.app.run(main)`; every mistake ends the command with one line (module docstring), as
-    does one of the command's own `errors` (exit 1)."""
+    does one of the command's own `errors` (exit 1). A `--config` is checked here, once, before
+    the command starts anything (`sigmma_jax.config_check`)."""
 
     def wrapped(argv):
         from absl import logging as absl_logging
 
         absl_logging.get_absl_handler().addFilter(_QuietLibraries())
         try:
+            if FLAGS["config"].value is not None:
+                config_check.validate(FLAGS.config)
             return main(argv)
         except app.UsageError as e:
             _say(f"{e} (see --help)")
@@ -153,7 +157,7 @@ def run(main: Callable[[list[str]], int | None], errors: tuple[type, ...] = ()) 
         except ConfigError as e:
             _say(str(e))
             return USAGE_EXIT
-        except (InputError, *errors) as e:
+        except (InputError, NonFinite, *errors) as e:
             _say(str(e))
             return ERROR_EXIT
         except OSError as e:

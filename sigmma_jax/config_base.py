@@ -139,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.log_every = 50
     t.checkpoint_every = 1000
     t.keep_checkpoints = 3
-    t.loss = "info_nce"  # sigmma_jax.train.losses.LOSSES
+    t.loss = "info_nce"  # sigmma_jax.losses.LOSSES
     # micro, meso, macro; (0, 0, 1) is the single-scale ablation (trained and evaluated on macro)
     t.scale_weights = (1.0, 1.0, 1.0)
 

@@ -22,21 +22,21 @@ def allowed_names() -> dict[str, Iterable[str]]:
     """Config key -> the names it may take (for `evals`, each of its list)."""
     # Imported here: the registries pull in the model and the evaluators, which the config schema
     # (and a command's --help) does not need.
-    from sigmma_jax import evaluation
-    from sigmma_jax.data import features, graphs, shards, sources, splits
+    from sigmma_jax import evaluation, families, losses
+    from sigmma_jax.data import features, graphs, sources, splits, tile_shards
     from sigmma_jax.evaluation import expression, probe
     from sigmma_jax.experiments import methods
     from sigmma_jax.models import backbones, sigmma, st_encoder
-    from sigmma_jax.train import losses
 
     return {
         "data.source": sources.SOURCES,
-        "data.overflow": shards.OVERFLOW,
+        "data.overflow": tile_shards.OVERFLOW,
         "data.graph": graphs.METHODS,
         "data.micro_graph": graphs.SCOPES,
         "data.node_features": features.NODE_FEATURES,
         "data.tile_features": features.TILE_FEATURES,  # each of the list
         "data.split.by": splits.SPLIT_BY,
+        "model.family": families.FAMILIES,
         "model.backbone_mode": backbones.TRAINING_MODES,
         "model.he_tower": sigmma.HE_TOWERS,
         "model.st_tower": sigmma.ST_TOWERS,
@@ -178,6 +178,19 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
             tuple(weights),
             "must be 3 weights >= 0 (micro, meso, macro), at least one > 0",
         )
+    evals = _get(config, "evals")
+    if evals is not _MISSING:
+        from sigmma_jax import families
+
+        family = families.get(config)
+        foreign = [e for e in evals if e not in family.evaluators]
+        if foreign:
+            raise _bad(
+                "evals",
+                tuple(evals),
+                f"{', '.join(map(repr, foreign))} cannot evaluate a {family.name} model; its "
+                f"evaluators are {', '.join(map(repr, family.evaluators))}",
+            )
     split = _get(config, "data.split")
     if split is not _MISSING and split.test_fraction + split.val_fraction >= 1:
         raise ConfigError(

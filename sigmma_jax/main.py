@@ -9,9 +9,8 @@ run with one line naming the step, exit 1.
 import jax
 from absl import flags, logging
 
-from sigmma_jax import cli, config_check
-from sigmma_jax.data import shards
-from sigmma_jax.train import health, loop
+from sigmma_jax import cli, families
+from sigmma_jax.train import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -21,7 +20,6 @@ flags.DEFINE_bool("preprocess_only", False, "Write the shards and manifest, then
 def main(argv) -> None:
     del argv
     cli.required("config", "workdir")
-    config_check.validate(FLAGS.config)  # before anything starts (JAX, the distributed runtime)
     cli.local_paths(workdir=FLAGS.workdir, shard_dir=FLAGS.config.data.shard_dir)
     if FLAGS.distributed:
         jax.distributed.initialize()
@@ -33,10 +31,10 @@ def main(argv) -> None:
         jax.devices()[0].platform,
     )
     if FLAGS.preprocess_only:
-        shards.preprocess(FLAGS.config, FLAGS.workdir)
+        families.get(FLAGS.config).preprocess(FLAGS.config, FLAGS.workdir)
     else:
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    cli.run(main, errors=(health.NonFinite,))
+    cli.run(main)

@@ -44,3 +44,9 @@ def process_rows(mesh: Mesh, n: int) -> np.ndarray:
     for index in split.addressable_devices_indices_map((n,)).values():
         rows.update(range(*index[0].indices(n)))
     return np.asarray(sorted(rows), np.int64)
+
+
+def to_device(batch: dict, mesh: Mesh) -> dict:
+    """Host-local numpy batch -> global jax.Arrays split along the mesh's data axis."""
+    split = data_parallel(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, x), batch)

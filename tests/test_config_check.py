@@ -3,8 +3,7 @@
 import pytest
 from support.configs import load_config, tiny_config
 
-from sigmma_jax import config_check
-from sigmma_jax.train import losses
+from sigmma_jax import config_check, losses
 
 
 @pytest.mark.parametrize("name", ["demo", "default", "generic", "luad", "idc", "xenium"])

@@ -37,6 +37,7 @@ import tqdm
 from sigmma_jax import atomic, sharding
 from sigmma_jax.data import input_pipeline, readers, records, shards, sources, tiling
 from sigmma_jax.evaluation import inference, predictors
+from sigmma_jax.families.sigmma import FAMILY as SIGMMA
 from sigmma_jax.scales import SCALES
 from sigmma_jax.train import checkpoints, loop, run_info
 
@@ -152,7 +153,7 @@ def _run_model(run: Run, c, mesh, manifest: dict, mode: str, tmp: pathlib.Path):
     """Embeds every tile of the shard set: per-tile arrays in memory, per-cell arrays memory-mapped
     under `tmp`, rows in manifest order (cells: tile by tile, in each record's order)."""
     shard_dir = shards.shard_dir(c, tmp.parent)
-    apply = inference.make_embed_fn(run.model, mesh, mode)
+    apply = inference.make_embed_fn(SIGMMA, run.model, mesh, mode)
     tiles = manifest["tiles"]
     n_cells = np.array([t["n_kept"] for t in tiles])
     offsets = np.concatenate([[0], np.cumsum(n_cells)])
@@ -166,7 +167,7 @@ def _run_model(run: Run, c, mesh, manifest: dict, mode: str, tmp: pathlib.Path):
     bar = tqdm.tqdm(total=len(tiles), desc="embed", unit="tile", smoothing=0.1)
     t0, done = time.time(), 0
     for chunk, recs, batch in _prefetch(batches):
-        out = jax.device_get(apply(run.params, input_pipeline.to_device(batch, mesh)))
+        out = jax.device_get(apply(run.params, sharding.to_device(batch, mesh)))
         k = len(chunk)
         for key in ("he", "he_backbone", "st"):
             for s, v in out.get(key, {}).items():

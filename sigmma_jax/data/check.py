@@ -185,15 +185,14 @@ def _config(config: ml_collections.ConfigDict | None, **data) -> ml_collections.
 
 def check_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> bool:
     """What a run of `config` would read, checked as the run checks it (`shards.preprocess`'s
-    checks, before any tile is read): prints one line per slide and the split, or the problem."""
-    from sigmma_jax import config_check
-    from sigmma_jax.data import shards, sources, validate
+    checks, before any tile is read): prints one line per slide and the split, or the problem.
+    The config's values are checked by the command (`sigmma_jax.check_data`)."""
+    from sigmma_jax.data import sources, validate
 
     try:
-        config_check.validate(config)
         with tempfile.TemporaryDirectory() as tmp:  # the synthetic source writes its slide
             slides = sources.load_slides(config, workdir or tmp)
-            panel, _ = shards.shared_panel(slides)
+            panel, _ = validate.shared_panel(slides)
             surveys = list(validate.survey(slides, panel, config.data))
             split_of = validate.check_candidates(surveys, config)
     except readers.InputError as e:

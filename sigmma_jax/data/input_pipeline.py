@@ -275,9 +275,3 @@ def eval_batches(
                 for i in start + rows
             ]
         )
-
-
-def to_device(batch: dict, mesh: Mesh) -> dict:
-    """Host-local numpy batch -> global jax.Arrays split along the mesh's data axis."""
-    split = sharding.data_parallel(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(split, x), batch)

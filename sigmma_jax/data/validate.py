@@ -130,6 +130,31 @@ class Survey:
     fullest: int  # the most usable cells in one tile
 
 
+def shared_panel(
+    slides: list[readers.Slide], panel: list[str] | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """Genes present in every slide, sorted (so shards do not depend on the reader's gene order);
+    and how many genes each slide loses. With `panel` (a trained run's), every slide must have each
+    of its genes: a slide lacking one is refused by name, never zero-filled (docs/method.md)."""
+    if panel is not None:
+        for s in slides:
+            missing = sorted(set(panel) - set(s.genes))
+            if missing:
+                raise readers.InputError(
+                    f"slide {s.name}: {len(missing)} genes of the run's panel are missing: "
+                    + ", ".join(missing[:20])
+                    + (" ..." if len(missing) > 20 else "")
+                )
+        return list(panel), {s.name: len(s.genes) - len(panel) for s in slides}
+    common = set(slides[0].genes)
+    for s in slides[1:]:
+        common &= set(s.genes)
+    if not common:
+        raise readers.InputError("the slides share no gene: " + ", ".join(s.name for s in slides))
+    panel = sorted(common)
+    return panel, {s.name: len(s.genes) - len(panel) for s in slides}
+
+
 def panel_counts(slide: readers.Slide, panel: list[str]) -> sp.csr_matrix:
     col_of = {g: i for i, g in enumerate(slide.genes)}
     return slide.counts[:, [col_of[g] for g in panel]].tocsr()

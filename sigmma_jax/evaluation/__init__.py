@@ -2,21 +2,19 @@
 `config.eval_every` steps when set); results are keyed by evaluator.
 
 A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs) and
-`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS`; `embeddings` holds each
-split's embeddings and targets, and "genes", the panel indices Task 1 scores. The model runs once per
-split (`inference.embed_split`), whatever the number of evaluators.
+`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS` and in its family's
+`evaluators`; `embeddings` holds each split's embeddings and targets (what the family's inference
+keeps) and the family's context (SIGMMA: "genes", the panel indices Task 1 scores). The model runs
+once per split (`inference.embed_split`), whatever the number of evaluators.
 """
 
 from __future__ import annotations
 
 import logging
-import pathlib
 import time
 
 import ml_collections
-import numpy as np
 
-from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.evaluation import knn_expression, probe, retrieval, retrieval_train
 
 EVALUATORS = {
@@ -41,48 +39,13 @@ def splits(names) -> list[str]:
     return [s for s in ("test", "train", "val") if any(s in EVALUATORS[n].SPLITS for n in names)]
 
 
-def embed(
-    apply,
-    params,
-    shard_dir: str | pathlib.Path,
-    manifest: dict,
-    config: ml_collections.ConfigDict,
-    mesh,
-    names: list[str],
-) -> dict:
-    """{split: its embeddings (`inference.embed_split`)} for the splits `names`."""
-    # Imported here: the evaluators are numpy only, and importing one should not pull in JAX.
-    from sigmma_jax.evaluation import inference
-
-    return {
-        s: inference.embed_split(apply, params, shard_dir, manifest, s, config, mesh) for s in names
-    }
-
-
-def evaluate(
-    apply,
-    params,
-    shard_dir: str | pathlib.Path,
-    manifest: dict,
-    config: ml_collections.ConfigDict,
-    mesh,
-    embeddings: dict | None = None,
-    genes: np.ndarray | None = None,
-) -> dict:
-    """{evaluator name: its results} for `params`, with `apply` from `inference.make_embed_fn`;
-    `embeddings` (from `embed`, holding at least the splits needed) saves running the model. Task 1
-    scores `genes` (panel indices; None: `genes.select` chooses them)."""
-    if genes is None:
-        genes = genes_lib.select(config, manifest, shard_dir)
+def evaluate(embeddings: dict, config: ml_collections.ConfigDict, context: dict) -> dict:
+    """{evaluator name: its results} of `config.evals` on `embeddings` ({split: what the family's
+    inference keeps}, holding at least the splits the evaluators need) and the family's `context`
+    (SIGMMA: "genes", the panel indices Task 1 scores)."""
     t0 = time.time()
     need = splits(config.evals)
-    if embeddings is None:
-        embeddings = embed(apply, params, shard_dir, manifest, config, mesh, need)
-    results = {
-        n: EVALUATORS[n].evaluate(dict(embeddings, genes=genes), config) for n in config.evals
-    }
+    results = {n: EVALUATORS[n].evaluate({**embeddings, **context}, config) for n in config.evals}
     sizes = ", ".join(f"{len(embeddings[s]['targets'])} {s}" for s in need)
-    logging.info(
-        "evaluated %s on %s tiles in %.1fs", "/".join(config.evals), sizes, time.time() - t0
-    )
+    logging.info("evaluated %s on %s in %.1fs", "/".join(config.evals), sizes, time.time() - t0)
     return results

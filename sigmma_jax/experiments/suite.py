@@ -21,7 +21,7 @@ import time
 
 import ml_collections
 
-from sigmma_jax import atomic
+from sigmma_jax import atomic, config_check
 from sigmma_jax.data import shards
 from sigmma_jax.experiments import methods, tables
 from sigmma_jax.models import backbones
@@ -133,6 +133,7 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
             print(f"{label}: finished before, skipped", flush=True)
             continue
         c = run_config(config, run)
+        config_check.validate(c)  # the method's changes, checked as the command checked the rest
         t0, cpu0 = time.time(), _cpu_seconds()
         results = loop.train_and_evaluate(
             c, out, manifest=shards.with_split(manifest, c.data.split)

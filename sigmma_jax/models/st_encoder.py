@@ -197,8 +197,12 @@ class STEncoder(nn.Module):
             if not expectation:
                 existing = existing | (jax.lax.stop_gradient(y) > 0.5)
             self.sow("intermediates", f"weights_{scale}", y)
-            self.sow("stats", f"{scale}_sampled", (y * cand).sum() / jnp.maximum(cand.sum(), 1))
-            self.sow("stats", f"{scale}_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1))
+            self.sow(
+                "stats", f"graph_{scale}_sampled", (y * cand).sum() / jnp.maximum(cand.sum(), 1)
+            )
+            self.sow(
+                "stats", f"graph_{scale}_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1)
+            )
             h = layers(h, adj, scale)
             self.sow("intermediates", f"nodes_{scale}", h)
             out[scale] = AttentionPool(self.hidden, name=f"pool_{scale}")(h, mask)

@@ -1,11 +1,14 @@
 """The run: `train_and_evaluate(config, workdir)` preprocesses, trains and evaluates.
 
-One jitted step with explicit shardings on a mesh: data sharded along 'data', parameters and
-optimizer state replicated. The first state comes from the workdir's latest checkpoint if there is
-one, else from initialisation and converted weights (`train.state`). The model at initialisation is
-evaluated before the first step and its results kept in the workdir, so a resumed run never rebuilds
-it (nor reads converted weights again). A run leaves what using the model on other slides needs:
-`run.json` (config and manifest, `train.run_info`) and `predictors.npz` (`evaluation.predictors`).
+Any model family (`sigmma_jax.families`, `config.model.family`) runs through it: the family gives
+the records, batches, model, loss and what evaluation keeps; everything here is shared. One jitted
+step with explicit shardings on a mesh: data sharded along 'data', parameters and optimizer state
+replicated. The first state comes from the workdir's latest checkpoint if there is one, else from
+initialisation and converted weights (`train.state`). The model at initialisation is evaluated
+before the first step and its results kept in the workdir, so a resumed run never rebuilds it (nor
+reads converted weights again). A run leaves what using the model on other slides needs:
+`run.json` (config and manifest, `train.run_info`) and what its family's `finish` writes (SIGMMA:
+`predictors.npz`).
 """
 
 from __future__ import annotations
@@ -15,18 +18,17 @@ import json
 import logging
 import pathlib
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sigmma_jax import atomic, config_check, evaluation, sharding
-from sigmma_jax.data import features, input_pipeline, shards
-from sigmma_jax.evaluation import genes, inference, predictors, report
-from sigmma_jax.models import backbones, sigmma
-from sigmma_jax.scales import SCALES
+from sigmma_jax import atomic, evaluation, families, sharding
+from sigmma_jax.data import shards
+from sigmma_jax.evaluation import inference
+from sigmma_jax.models import backbones
 from sigmma_jax.train import checkpoints, health, metrics, optimizer, run_info
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
@@ -36,25 +38,14 @@ INITIAL_RESULTS = "results_initial.json"
 
 
 def build_model(config: ml_collections.ConfigDict, backbone_config: dict | None = None):
-    """The run's model. The backbone is resolved here, once: from `backbone_config` (saved with a
-    checkpoint) when given, else from the config (a converted backbone's metadata is read, its
-    weights are not)."""
-    cfg, kw = backbones.resolve(config.model, backbone_config)
-    return sigmma.build(config, backbones.build(cfg, **kw)), cfg
+    """The run's model and its backbone's resolved config (`Family.build_model`)."""
+    return families.get(config).build_model(config, backbone_config)
 
 
 def train_batches(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh: Mesh):
     """The run's training batches: the checkpointable Grain iterator of its shard set."""
-    return input_pipeline.train_iterator(
-        shards.shard_dir(config, workdir),
-        manifest,
-        config.train.global_batch,
-        seed=config.seed,
-        mesh=mesh,
-        augment_tiles=config.data.augment,
-        workers=config.data.loader_workers,
-        prefetch=config.data.prefetch,
-    )
+    family = families.get(config)
+    return family.train_iterator(config, shards.shard_dir(config, workdir), manifest, mesh)
 
 
 def saved_model(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh: Mesh):
@@ -73,22 +64,42 @@ class Evaluator:
     """Runs `config.evals` on given parameters; the inference function compiles once per run."""
 
     def __init__(self, model, config, workdir, manifest, mesh):
-        self.apply = inference.make_embed_fn(model, mesh)
-        shard_dir = shards.shard_dir(config, workdir)
-        self.args = (shard_dir, manifest, config, mesh)
-        self.genes = genes.select(config, manifest, shard_dir)  # Task 1's genes, chosen once
+        evaluation.check(config.evals)
+        self.family = families.get(config)
+        self.apply = inference.make_embed_fn(self.family, model, mesh)
+        self.shard_dir = shards.shard_dir(config, workdir)
+        self.config, self.manifest, self.mesh = config, manifest, mesh
+        # What the evaluators read besides the embeddings (SIGMMA: Task 1's genes), chosen once.
+        self.context = self.family.context(config, manifest, self.shard_dir)
 
     def embed(self, params, splits) -> dict:
-        """{split: embeddings} of `params` (`evaluation.embed`)."""
-        return evaluation.embed(self.apply, params, *self.args, splits)
+        """{split: embeddings} of `params` (`inference.embed_split`)."""
+        return {
+            s: inference.embed_split(
+                self.family,
+                self.apply,
+                params,
+                self.shard_dir,
+                self.manifest,
+                s,
+                self.config,
+                self.mesh,
+            )
+            for s in splits
+        }
 
     def __call__(self, params, embeddings: dict | None = None) -> dict:
-        logging.info("evaluating %s", "/".join(self.args[2].evals))
-        return evaluation.evaluate(self.apply, params, *self.args, embeddings, genes=self.genes)
+        """{evaluator: results} of `params`; `embeddings` (from `embed`, holding at least the
+        splits the evaluators need) saves running the model."""
+        names = self.config.evals
+        logging.info("evaluating %s", "/".join(names))
+        if embeddings is None:
+            embeddings = self.embed(params, evaluation.splits(names))
+        return evaluation.evaluate(embeddings, self.config, self.context)
 
 
 class Trained(NamedTuple):
-    model: sigmma.SIGMMA
+    model: Any  # the family's model
     state: state_lib.TrainState
     evaluate: Evaluator
     initial: dict | None  # the initial model's results; None when this call resumed
@@ -108,7 +119,6 @@ def train(
     `health.NonFinite` at the first step with a non-finite loss, gradient or parameter.
     """
     workdir = pathlib.Path(workdir)
-    evaluation.check(config.evals)
     mngr = checkpoints.manager(workdir, config)
     resumed = mngr.latest_step() is not None
     model, backbone_config = build_model(
@@ -128,10 +138,15 @@ def train(
             if jax.process_index() == 0:
                 atomic.write_json(workdir / INITIAL_RESULTS, initial, indent=2)
     health.log_param_counts(state.params)
-    step_fn = step_lib.make_train_step(model, tx, config, mesh, shardings)
+    step_fn = step_lib.make_train_step(model, tx, config, mesh, shardings, families.get(config))
     start = int(state.step)
     end = config.train.steps if stop_after is None else min(config.train.steps, start + stop_after)
-    log = _Progress(metrics.MetricsWriter(workdir, start), optimizer.lr_schedule(config), config)
+    log = _Progress(
+        metrics.MetricsWriter(workdir, start),
+        optimizer.lr_schedule(config),
+        config,
+        shards.unit(manifest),
+    )
     saved, preempted = mngr.latest_step(), False
     saving = None  # the step whose checkpoint is being written
 
@@ -150,7 +165,7 @@ def train(
                     save(step)
                     preempted = True
                     break
-                batch = input_pipeline.to_device(next(it), mesh)
+                batch = sharding.to_device(next(it), mesh)
                 state, m = step_fn(state, batch)
                 done = step + 1
                 health.check(done, m)
@@ -181,37 +196,41 @@ def train(
 
 
 class _Progress:
-    """Every `log_every` steps: a log line, metrics.jsonl and TensorBoard (with tiles/s and ETA)."""
+    """Every `log_every` steps: a log line, metrics.jsonl and TensorBoard (with items/s and ETA)."""
 
-    def __init__(self, writer: metrics.MetricsWriter, lr, config: ml_collections.ConfigDict):
-        self.writer, self.lr, self.config = writer, lr, config
+    def __init__(
+        self, writer: metrics.MetricsWriter, lr, config: ml_collections.ConfigDict, unit: str
+    ):
+        self.writer, self.lr, self.config, self.unit = writer, lr, config, unit
         self.t0 = self.t = time.time()
-        self.first, self.tiles = None, 0
+        self.first, self.items = None, 0
 
     def step(self, done: int, m: dict, last: bool) -> None:
         t = self.config.train
         self.first = done if self.first is None else self.first
-        self.tiles += t.global_batch
+        self.items += t.global_batch
         if done % t.log_every and not last:
             return
         m = {k: float(v) for k, v in jax.device_get(m).items() if k != "finite"}
         now = time.time()
-        m.update(lr=float(self.lr(done - 1)), tiles_per_s=self.tiles / (now - self.t))
+        rate = f"{self.unit}_per_s"
+        m.update({"lr": float(self.lr(done - 1)), rate: self.items / (now - self.t)})
         eta = (now - self.t0) / (done - self.first + 1) * (t.steps - done)
-        per = " ".join(f"{s} {m[f'loss_{s}']:.3f}" for s in SCALES if f"loss_{s}" in m)
+        per = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
         logging.info(
-            "step %d/%d  loss %.4f (%s)  tau %.4f  grad norm %.3g  %.1f tiles/s  ETA %.0fs",
+            "step %d/%d  loss %.4f (%s)  tau %.4f  grad norm %.3g  %.1f %s/s  ETA %.0fs",
             done,
             t.steps,
             m["loss"],
             per,
             m["temperature"],
             m["grad_norm"],
-            m["tiles_per_s"],
+            m[rate],
+            self.unit,
             eta,
         )
         self.writer.write(done, m)
-        self.t, self.tiles = now, 0
+        self.t, self.items = now, 0
 
 
 def train_and_evaluate(
@@ -219,11 +238,11 @@ def train_and_evaluate(
 ) -> dict:
     """Preprocess (if needed), train (resuming if possible), evaluate; write the results files.
 
-    With `manifest` (runs sharing one shard set, `sigmma_jax.experiments`), nothing is
-    preprocessed: the run trains and evaluates on that manifest's split of data.shard_dir.
-    Process 0 holds the workdir's lock for the whole run (`sigmma_jax.workdir`).
+    The config is checked by the command that starts the run (`sigmma_jax.config_check`). With
+    `manifest` (runs sharing one shard set, `sigmma_jax.experiments`), nothing is preprocessed: the
+    run trains and evaluates on that manifest's split of data.shard_dir. Process 0 holds the
+    workdir's lock for the whole run (`sigmma_jax.workdir`).
     """
-    config_check.validate(config)
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
     if config.model.backbone_weights and fresh:  # fail now, not after an hour of preprocessing
@@ -236,37 +255,43 @@ def train_and_evaluate(
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, manifest: dict | None
 ) -> dict:
+    family = families.get(config)
     mesh = sharding.make_mesh(config)
     shard_dir = shards.shard_dir(config, workdir)
     if manifest is None:
         if jax.process_index() == 0:
-            shards.preprocess(config, workdir)
+            family.preprocess(config, workdir)
         multihost_utils.sync_global_devices("preprocessed")
         manifest = shards.read_manifest(shard_dir)
-    # Host-side inputs (BLEEP's PCs, gene sentences, node PCA) for this run's split, written once.
+    # Host-side inputs (SIGMMA: BLEEP's PCs, gene sentences, node PCA) for this run's split,
+    # written once.
     if jax.process_index() == 0:
-        features.prepare(config, manifest, shard_dir, workdir)
+        family.prepare(config, manifest, shard_dir, workdir)
     multihost_utils.sync_global_devices("features")
-    manifest = features.prepare(config, manifest, shard_dir, workdir)
+    manifest = family.prepare(config, manifest, shard_dir, workdir)
     if jax.process_index() == 0:
         run_info.write(workdir, config, manifest)
+    unit = shards.unit(manifest)
     logging.info(
-        "mesh %s; %d train / %d test tiles; budgets %s",
+        "mesh %s; %d train / %d test %s; budgets %s",
         dict(mesh.shape),
         len(manifest["splits"]["train"]),
         len(manifest["splits"]["test"]),
-        manifest["budgets"],
+        unit,
+        manifest.get("budgets"),
     )
     run = train(config, workdir, manifest, mesh)
     if run.preempted:
         return {}
     t0 = time.time()
     logging.info(
-        "evaluating the trained model (%s) on %d test tiles",
+        "evaluating the trained model (%s) on %d test %s",
         ", ".join(config.evals),
         len(manifest["splits"]["test"]),
+        unit,
     )
-    # The training split is embedded whatever the evaluators: the predictors are fitted on it.
+    # The training split is embedded whatever the evaluators: what the run leaves (SIGMMA's
+    # predictors) is fitted on it.
     need = list(dict.fromkeys([*evaluation.splits(config.evals), "train"]))
     embeddings = run.evaluate.embed(run.state.params, need)
     trained = run.evaluate(run.state.params, embeddings)
@@ -274,22 +299,19 @@ def _train_and_evaluate(
     if initial is None and (workdir / INITIAL_RESULTS).exists():
         # resumed: the initial model was evaluated by the run that started it
         initial = json.loads((workdir / INITIAL_RESULTS).read_text())
-    results = dict(
-        trained=trained,
+    results = {
+        "trained": trained,
         **({"initial": initial} if initial is not None else {}),
-        n_test_tiles=len(manifest["splits"]["test"]),
-        n_train_tiles=len(manifest["splits"]["train"]),
-        steps=int(run.state.step),
-        eval_seconds=round(time.time() - t0, 1),
-        preprocessing=manifest["report"],
-    )
+        f"n_test_{unit}": len(manifest["splits"]["test"]),
+        f"n_train_{unit}": len(manifest["splits"]["train"]),
+        "steps": int(run.state.step),
+        "eval_seconds": round(time.time() - t0, 1),
+        "preprocessing": manifest["report"],
+    }
+    files = family.finish(workdir, config, manifest, embeddings, run.evaluate.context)
     if jax.process_index() == 0:
-        fitted = predictors.fit(
-            embeddings["train"], manifest["genes"], config, eval_genes=run.evaluate.genes
-        )
-        predictors.save(workdir / predictors.FILE, fitted)
         history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
-        files = report.write_results(
+        files += family.write_report(
             workdir, results, metrics.read_history(history) if history.exists() else None
         )
         logging.info("results: %s", ", ".join(map(str, files)))

@@ -17,10 +17,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from sigmma_jax import sharding
-from sigmma_jax.data import input_pipeline
-from sigmma_jax.models import backbones
-from sigmma_jax.models.sigmma import SIGMMA
+from sigmma_jax import families, sharding
 
 
 @flax.struct.dataclass
@@ -31,8 +28,8 @@ class TrainState:
     rng: jax.Array  # raw uint32 key: step keys are fold_in(rng, step), so resuming repeats them
 
 
-def _init_fn(model: SIGMMA, tx: optax.GradientTransformation, manifest: dict, mesh: Mesh):
-    dummy = input_pipeline.zeros_batch(manifest, len(mesh.devices.flat))
+def _init_fn(model, tx: optax.GradientTransformation, config, manifest: dict, mesh: Mesh):
+    dummy = families.get(config).zeros_batch(manifest, len(mesh.devices.flat))
 
     def init(rng):
         params = model.init({"params": rng}, dummy, train=False)["params"]
@@ -45,7 +42,7 @@ def _init_fn(model: SIGMMA, tx: optax.GradientTransformation, manifest: dict, me
 
 def abstract_state(model, tx, config, manifest, mesh) -> tuple[TrainState, Any]:
     """(ShapeDtypeStructs carrying their shardings, the shardings): the state's shape, no compute."""
-    init = _init_fn(model, tx, manifest, mesh)
+    init = _init_fn(model, tx, config, manifest, mesh)
     shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
     shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
     abstract = jax.tree.map(
@@ -57,10 +54,9 @@ def abstract_state(model, tx, config, manifest, mesh) -> tuple[TrainState, Any]:
 def initialise(
     model, tx, config: ml_collections.ConfigDict, manifest: dict, mesh: Mesh, shardings
 ) -> TrainState:
-    """The initial state (a pure function of config.seed and the converted weights), replicated."""
-    init = _init_fn(model, tx, manifest, mesh)
+    """The initial state (a pure function of config.seed and the converted weights), replicated;
+    the family puts its converted pretrained weights in (`Family.pretrained`)."""
+    init = _init_fn(model, tx, config, manifest, mesh)
     state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
-    if config.model.backbone_weights:  # converted pretrained weights (the optimizer state is zeros)
-        _, weights = backbones.load(config.model.backbone_weights, like=state.params["backbone"])
-        state = state.replace(params={**state.params, "backbone": weights})
-    return state
+    # Converted pretrained weights replace the random ones; the optimizer state stays zeros.
+    return state.replace(params=families.get(config).pretrained(config, state.params))

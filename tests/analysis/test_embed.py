@@ -15,6 +15,7 @@ from sigmma_jax import sharding
 from sigmma_jax.analysis import embed
 from sigmma_jax.data import input_pipeline, readers, records, shards
 from sigmma_jax.evaluation import expression, inference
+from sigmma_jax.families.sigmma import FAMILY as SIGMMA
 from sigmma_jax.scales import SCALES
 from sigmma_jax.train import run_info
 
@@ -75,7 +76,8 @@ def test_embeddings_are_the_models_on_each_tile(tiny_embedding):
     mesh = sharding.make_mesh(config)
     run = embed.load_run(run_dir, mesh)
     ev = inference.embed_split(
-        inference.make_embed_fn(run.model, mesh),
+        SIGMMA,
+        inference.make_embed_fn(SIGMMA, run.model, mesh),
         run.params,
         shards.shard_dir(run.config, run_dir),
         run.manifest,
@@ -109,8 +111,8 @@ def test_embeddings_are_the_models_on_each_tile(tiny_embedding):
     batch = input_pipeline.collate(
         [tile] + [input_pipeline.empty_tile(tile)] * (len(mesh.devices) - 1)
     )
-    apply = inference.make_embed_fn(run.model, mesh, "cells")
-    got = jax.device_get(apply(run.params, input_pipeline.to_device(batch, mesh)))
+    apply = inference.make_embed_fn(SIGMMA, run.model, mesh, "cells")
+    got = jax.device_get(apply(run.params, sharding.to_device(batch, mesh)))
     name = tiles.obs_names[i]
     mine = cells[(cells.obs["tile"] == name).to_numpy()]
     assert mine.obs_names.tolist() == rec["cell_ids"].tolist()

@@ -10,6 +10,7 @@ from sigmma_jax import evaluation, sharding
 from sigmma_jax.data import input_pipeline
 from sigmma_jax.evaluation import expression, inference, probe
 from sigmma_jax.experiments import methods
+from sigmma_jax.families.sigmma import FAMILY as SIGMMA
 from sigmma_jax.models import he_encoder, sigmma
 from sigmma_jax.models.gene_sentence import GeneSentence
 from sigmma_jax.train import loop, optimizer
@@ -22,7 +23,7 @@ def _embed(config, manifest):
     tx = optimizer.make_optimizer(config)
     _, shardings = state_lib.abstract_state(model, tx, config, manifest, mesh)
     params = state_lib.initialise(model, tx, config, manifest, mesh, shardings).params
-    apply = inference.make_embed_fn(model, mesh)
+    apply = inference.make_embed_fn(SIGMMA, model, mesh)
     return model, params, apply, mesh
 
 
@@ -38,12 +39,12 @@ def test_a_single_scale_model_is_trained_and_evaluated_on_macro_alone(tiny_shard
     model, params, apply, mesh = _embed(c, manifest)
     shard_dir = c.data.shard_dir
     emb = {
-        s: inference.embed_split(apply, params, shard_dir, manifest, s, c, mesh)
+        s: inference.embed_split(SIGMMA, apply, params, shard_dir, manifest, s, c, mesh)
         for s in ("train", "test")
     }
     assert set(emb["test"]["he"]) == set(emb["test"]["st"]) == {"macro"}
     genes = np.arange(8)
-    res = evaluation.evaluate(apply, params, shard_dir, manifest, c, mesh, genes=genes)
+    res = evaluation.evaluate(emb, c, {"genes": genes})
     r = res["retrieval"]["he_to_st"]
     assert set(r) == {"macro", "combined"} and r["combined"] == r["macro"]
     # The probe reads the macro embedding (embed_dim wide), not a concatenation of scales.
@@ -66,7 +67,7 @@ def test_frozen_backbone_probes_the_backbone_on_the_whole_tile(tiny_shards):
     assert c.train.steps == 0 and tuple(c.evals) == ("probe",)
     model, params, apply, mesh = _embed(c, manifest)
     batch = next(input_pipeline.eval_batches(c.data.shard_dir, manifest, "test", c.eval.batch))
-    out = apply(params, input_pipeline.to_device(batch, mesh))
+    out = apply(params, sharding.to_device(batch, mesh))
     size = c.model.vit.img_size
     tiles = he_encoder.multi_crop(
         jnp.asarray(batch["image"], jnp.float32) / 255.0, size, ("macro",)

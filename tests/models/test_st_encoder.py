@@ -158,9 +158,12 @@ def test_edge_prior_sets_the_sampled_fraction_at_initialisation():
             params, graph, True, rngs={"gumbel": jax.random.PRNGKey(1)}, mutable=["stats"]
         )
         for scale in ("meso", "macro"):
-            (frac,) = state["stats"][f"{scale}_sampled"]
+            (frac,) = state["stats"][f"graph_{scale}_sampled"]
             assert abs(float(frac) - prior) < 0.1 * prior + 0.03, (scale, prior, float(frac))
-        (deg_meso,), (deg_macro,) = state["stats"]["meso_degree"], state["stats"]["macro_degree"]
+        (deg_meso,), (deg_macro,) = (
+            state["stats"]["graph_meso_degree"],
+            state["stats"]["graph_macro_degree"],
+        )
         assert 0 < float(deg_meso) < float(deg_macro)
 
 

@@ -3,7 +3,7 @@ import json
 import jax
 import numpy as np
 
-from sigmma_jax import sharding
+from sigmma_jax import families, sharding
 from sigmma_jax.data import input_pipeline
 from sigmma_jax.models import backbones
 from sigmma_jax.train import loop, optimizer
@@ -29,16 +29,19 @@ def test_step_on_8_devices_equals_1_device(tiny_shards):
     config, manifest = tiny_shards
     assert jax.device_count() == 8
     host_batch = _first_batch(config, manifest)
-    weights = step_lib.scale_weights(config)
+    family = families.get(config)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_mesh(config, devices)
         model, _, _, state = _state(config, manifest, mesh)
-        batch = input_pipeline.to_device(host_batch, mesh)
+        batch = sharding.to_device(host_batch, mesh)
         assert len(batch["image"].sharding.device_set) == len(devices)
         grad_fn = jax.jit(
             jax.value_and_grad(
-                lambda p, b, r: step_lib.loss_fn(p, model, b, r, weights), has_aux=True
+                lambda p, b, r: step_lib.loss_fn(
+                    p, model, b, r, family.loss_fn(config), family.rng_streams
+                ),
+                has_aux=True,
             )
         )
         (loss, (per, _, _)), grads = grad_fn(state.params, batch, jax.random.PRNGKey(7))
@@ -110,8 +113,8 @@ def test_frozen_backbone_gets_no_updates_and_no_optimizer_state(tiny_shards):
     mesh = sharding.make_mesh(config)
     model, tx, shardings, state = _state(config, manifest, mesh)
     before = jax.device_get(state.params)
-    step = step_lib.make_train_step(model, tx, config, mesh, shardings)
-    batch = input_pipeline.to_device(_first_batch(config, manifest), mesh)
+    step = step_lib.make_train_step(model, tx, config, mesh, shardings, families.get(config))
+    batch = sharding.to_device(_first_batch(config, manifest), mesh)
     for _ in range(2):  # the warmup's first learning rate is 0
         state, _ = step(state, batch)
     after = jax.device_get(state.params)

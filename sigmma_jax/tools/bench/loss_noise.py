@@ -32,8 +32,8 @@ def measure(
     """{component: {"total"|scale: sd}} and the means; see the module docstring."""
     import jax
 
-    from sigmma_jax import sharding
-    from sigmma_jax.data import input_pipeline, shards
+    from sigmma_jax import families, sharding
+    from sigmma_jax.data import shards
     from sigmma_jax.train import checkpoints, loop
     from sigmma_jax.train import step as step_lib
 
@@ -43,17 +43,17 @@ def measure(
     model, abstract, mngr = loop.saved_model(config, workdir, manifest, mesh)
     state = checkpoints.restore(mngr, abstract, step=step or None)
     mngr.close()
-    weights = step_lib.scale_weights(config)
+    loss = families.get(config).loss_fn(config)
 
     @jax.jit
     def losses(params, batch, k_gumbel, k_drop):
         rngs = {"gumbel": k_gumbel, "dropout": k_drop}
-        total, (per, _, _) = step_lib.model_loss(params, model, batch, rngs, weights)
+        total, (per, _, _) = step_lib.model_loss(params, model, batch, rngs, loss)
         return dict(total=total, **per)
 
     @jax.jit
     def eval_losses(params, batch):
-        total, (per, _, _) = step_lib.model_loss(params, model, batch, None, weights, train=False)
+        total, (per, _, _) = step_lib.model_loss(params, model, batch, None, loss, train=False)
         return dict(total=total, **per)
 
     it = loop.train_batches(config, workdir, manifest, mesh)
@@ -64,7 +64,7 @@ def measure(
     for _ in range(n_batches):
         host = next(it)
         profiles.append(np.log1p(host["graph"].globals["tile_counts"]))
-        batch = input_pipeline.to_device(host, mesh)
+        batch = sharding.to_device(host, mesh)
         get = lambda g, d: jax.device_get(losses(state.params, batch, g, d))
         rows.append(
             (
@@ -81,7 +81,8 @@ def measure(
     out = {"step": int(state.step), "batch": config.train.global_batch}
     out["mean_loss"] = {k: float(arr(0, k).mean()) for k in names}
     out["chance"] = {k: float(np.log(config.train.global_batch)) for k in names if k != "total"}
-    out["chance"]["total"] = float(sum(weights.values()) * np.log(config.train.global_batch))
+    weights = config.train.scale_weights
+    out["chance"]["total"] = float(sum(weights) * np.log(config.train.global_batch))
     out["sd"] = {
         "between batches (same keys)": {k: float(arr(0, k).mean(1).std(ddof=1)) for k in names},
         "Gumbel keys (same batch)": {k: float(arr(1, k).std(1, ddof=1).mean()) for k in names},

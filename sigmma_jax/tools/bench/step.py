@@ -131,17 +131,20 @@ def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
     An estimate, not a bound: against an H100's measured peaks (docs/benchmarks.md) it was 6-7% high
     with remat and 34% high without at 84 crops, yet 168 crops without remat (72 GiB by it) did not
     fit in 80 GB. Leave a wide margin."""
+    from sigmma_jax import families
     from sigmma_jax.train import loop
     from sigmma_jax.train import step as step_lib
 
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-    weights, key = step_lib.scale_weights(config), jax.random.key(0)
+    family, key = families.get(config), jax.random.key(0)
 
     def saved(remat: bool) -> int:
         c = config.copy_and_resolve_references()
         c.model.remat = remat
         model, cfg = loop.build_model(c)
-        loss = lambda p, b: step_lib.loss_fn(p, model, b, key, weights, c.train.loss)[0]
+        loss = lambda p, b: step_lib.loss_fn(
+            p, model, b, key, family.loss_fn(c), family.rng_streams
+        )[0]
         return saved_bytes(loss, abstract.params, batch_shapes), cfg
 
     full, cfg = saved(False)
@@ -159,7 +162,7 @@ def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
 
 
 def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=None, genes=300):
-    from sigmma_jax import sharding
+    from sigmma_jax import families, sharding
     from sigmma_jax.data import input_pipeline
     from sigmma_jax.train import loop, optimizer
     from sigmma_jax.train import state as state_lib
@@ -180,7 +183,7 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
     batch_shapes = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=split), host
     )
-    step = step_lib.make_train_step(model, tx, config, mesh, shardings)
+    step = step_lib.make_train_step(model, tx, config, mesh, shardings, families.get(config))
     t0 = time.perf_counter()
     compiled = step.lower(abstract, batch_shapes).compile()
     r = dict(
@@ -215,7 +218,7 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
     if not run:
         return r
     state = state_lib.initialise(model, tx, config, manifest, mesh, shardings)
-    batch = input_pipeline.to_device(random_batch(manifest, config.train.global_batch), mesh)
+    batch = sharding.to_device(random_batch(manifest, config.train.global_batch), mesh)
     for _ in range(warmup):
         state, m = compiled(state, batch)
         jax.block_until_ready(m)

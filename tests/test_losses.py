@@ -1,8 +1,8 @@
 import jax.numpy as jnp
 import numpy as np
 
+from sigmma_jax import losses
 from sigmma_jax.scales import SCALES
-from sigmma_jax.train import losses
 
 
 def _numpy_info_nce(a, b, t):
