@@ -235,8 +235,9 @@ def abstract_params(model: nn.Module):
 # Converted weights on disk: <dir>/backbone.json and <dir>/params (Orbax).
 
 
-def save(dst: str | pathlib.Path, arch: str, cfg: dict[str, Any], params, meta: dict) -> None:
-    """Writes Orbax params and the JSON metadata (arch, model config, source checksum...)."""
+def save_params(dst: str | pathlib.Path, params) -> pathlib.Path:
+    """Writes converted parameters as Orbax <dst>/params (any converted model: backbones, scGPT);
+    returns the absolute `dst`."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
     dst = pathlib.Path(dst).absolute()
@@ -244,6 +245,12 @@ def save(dst: str | pathlib.Path, arch: str, cfg: dict[str, Any], params, meta: 
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(dst / PARAMS, params, force=True)
     ckptr.wait_until_finished()
+    return dst
+
+
+def save(dst: str | pathlib.Path, arch: str, cfg: dict[str, Any], params, meta: dict) -> None:
+    """Writes Orbax params and the JSON metadata (arch, model config, source checksum...)."""
+    dst = save_params(dst, params)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
     # Written last and atomically: its presence says the conversion is complete.
     atomic.write_json(dst / META, dict(arch=arch, config=cfg, **meta), indent=2)
