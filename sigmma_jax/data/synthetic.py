@@ -31,6 +31,9 @@ the same tissue at any ``pixel_size_um``; only the rendering changes):
   ...) in tumour cells deeper than 40 µm inside a nest; TLS chemokines in aggregates; cycling
   (MKI67, TOP2A, CCNB1) at random, invisible.  10 % of each cell's mu comes from its 4 nearest
   neighbours (segmentation bleed).  Six control probes (NegControl*, BLANK*) at ~0.02 per cell.
+
+The Visium demo (synthetic_visium.py) reuses the noise fields, the overlap removal, the cell
+stamping (`_stamp_params`, `_stamp_cells`) and the pyramid writer (`_write_pyramid`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import dataclasses
 import itertools
 import os
 import pathlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from scipy import ndimage, sparse, spatial
@@ -225,13 +228,7 @@ def _cells(rng: np.random.Generator, f: dict, size_um: float, density: float) ->
     theta = np.where(first, np.arctan2(g[0][1], -g[0][0]), np.arctan2(g[1][1], -g[1][0]))
     spindle = np.isin(ctype, (1, 6))
     theta = np.where(spindle, theta + rng.normal(0, 0.3, n), rng.uniform(0, np.pi, n))
-    # Greedy in index order: a cell is dropped if its nucleus would overlap a kept one.
-    pairs = spatial.cKDTree(xy).query_pairs(2 * a.max(), output_type="ndarray")
-    dist = np.linalg.norm(xy[pairs[:, 0]] - xy[pairs[:, 1]], axis=1)
-    pairs = pairs[dist < 0.4 * (a + b)[pairs].sum(1)]
-    keep = np.ones(n, bool)
-    for i, j in pairs[np.argsort(pairs[:, 1], kind="stable")].tolist():
-        keep[j] &= not keep[i]
+    keep = _no_overlap(xy, a, b)
     # Tumour nuclei are pleomorphic: wider darkness spread, vesicular to hyperchromatic.
     hem = mp[:, 2] * np.exp(rng.normal(0, np.where(ctype == 0, 0.35, 0.18)))
     hem *= _at(f["stain"], _STEP, y, x)
@@ -251,6 +248,18 @@ def _cells(rng: np.random.Generator, f: dict, size_um: float, density: float) ->
         ves=mp[:, 3] * rng.uniform(0.3, 1.0, n),
     )
     return {k: v[keep] for k, v in c.items()}
+
+
+def _no_overlap(xy: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Greedy in index order: a cell is dropped if its nucleus (semi-axes a, b) would overlap a
+    kept one's.  Shared with the Visium demo."""
+    pairs = spatial.cKDTree(xy).query_pairs(2 * a.max(), output_type="ndarray")
+    dist = np.linalg.norm(xy[pairs[:, 0]] - xy[pairs[:, 1]], axis=1)
+    pairs = pairs[dist < 0.4 * (a + b)[pairs].sum(1)]
+    keep = np.ones(len(xy), bool)
+    for i, j in pairs[np.argsort(pairs[:, 1], kind="stable")].tolist():
+        keep[j] &= not keep[i]
+    return keep
 
 
 def _genes(rng: np.random.Generator, n_genes: int) -> tuple[list[str], np.ndarray, dict]:
@@ -381,25 +390,61 @@ def _chromatin(rng: np.random.Generator, px: float) -> np.ndarray:
 
 
 def _cell_pixels(c: dict, px: float) -> dict:
-    """Per-cell rendering parameters in level-0 pixels, float32 so stamps stay float32."""
+    """Per-cell rendering parameters in level-0 pixels, from the type table `_MORPH`."""
     mp = _MORPH[c["type"]]
-    p = dict(
-        cy=c["xy"][:, 1] / px,
-        cx=c["xy"][:, 0] / px,
-        a=c["a"] / px,
-        b=c["b"] / px,
-        cos=np.cos(c["theta"]),
-        sin=np.sin(c["theta"]),
-        hem=c["hem"],
-        ves=c["ves"],
-        cyto=c["cyto"] / px,
-        c_eos=mp[:, 5],
-        c_hem=mp[:, 6],
-        off=mp[:, 7] / px,
-        nu=c["nucleolus"][:, 0] * c["a"] / px,
-        nv=c["nucleolus"][:, 1] * c["b"] / px,
+    return _stamp_params(
+        c["xy"],
+        c["a"],
+        c["b"],
+        c["theta"],
+        c["hem"],
+        c["ves"],
+        c["cyto"],
+        mp[:, 5],
+        mp[:, 6],
+        mp[:, 7],
+        c["nucleolus"],
+        px,
     )
-    p = {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def _stamp_params(
+    xy: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    theta: np.ndarray,
+    hem: np.ndarray,
+    ves: np.ndarray,
+    cyto: np.ndarray,
+    c_eos: np.ndarray,
+    c_hem: np.ndarray,
+    off: np.ndarray,
+    nucleolus: np.ndarray,
+    px: float,
+) -> dict:
+    """What `_stamp_cells` draws, per cell, in level-0 pixels (float32 so stamps stay float32).
+
+    µm in: centre `xy` (x, y), nucleus semi-axes `a` >= `b` along angle `theta`, hematoxylin OD
+    `hem`, vesicular chromatin `ves` (> 0.6: a nucleolus at `nucleolus` (u, v) in semi-axis
+    units), cytoplasm rim `cyto` with eosin / hematoxylin OD `c_eos` / `c_hem`, shifted by `off`
+    along the long axis.  Shared with the Visium demo (synthetic_visium.py)."""
+    p = dict(
+        cy=xy[:, 1] / px,
+        cx=xy[:, 0] / px,
+        a=a / px,
+        b=b / px,
+        cos=np.cos(theta),
+        sin=np.sin(theta),
+        hem=hem,
+        ves=ves,
+        cyto=cyto / px,
+        c_eos=c_eos,
+        c_hem=c_hem,
+        off=off / px,
+        nu=nucleolus[:, 0] * a / px,
+        nv=nucleolus[:, 1] * b / px,
+    )
+    p = {k: np.asarray(v).astype(np.float32) for k, v in p.items()}
     # Half box size, rounded up to a multiple of 4 so that a few batches cover all cells.
     p["box"] = 4 * np.ceil((p["a"] + p["cyto"] + p["off"] + 4) / 4).astype(int)
     return p
@@ -485,22 +530,42 @@ def _half(img: np.ndarray) -> np.ndarray:
 def _write_wsi(
     path: pathlib.Path, f: dict, c: dict, px: float, side: int, rng: np.random.Generator
 ) -> None:
-    import tifffile
-
-    sides = [side]
-    while sides[-1] >= 1024:
-        sides.append(sides[-1] // 2)
     n_strips = -(-side // _STRIP)
     strip_seeds = rng.integers(2**63, size=n_strips)  # per strip, so strips are independent
     tex = _chromatin(rng, px)
     cp = _cell_pixels(c, px)
-    level1 = np.zeros((side // 2, side // 2, 3), np.uint8) if len(sides) > 1 else None
 
-    def render(s: int) -> np.ndarray:
+    def render(y0: int, h: int) -> np.ndarray:
+        rng_strip = np.random.default_rng(strip_seeds[y0 // _STRIP])
+        return _render_strip(f, cp, px, y0, h, side, tex, rng_strip)
+
+    _write_pyramid(path, (side, side), px, render)
+
+
+def _write_pyramid(
+    path: pathlib.Path,
+    shape: tuple[int, int],
+    px: float,
+    render: Callable[[int, int], np.ndarray],
+    zlib_level: int | None = None,
+    uuid: str | None = None,
+) -> None:
+    """Pyramidal OME BigTIFF (RGB, 256 px zlib tiles, halved levels down to < 1024 px as SubIFDs)
+    of `shape` (rows, cols) level-0 px; `render(y0, h)` gives rows [y0, y0 + h) as uint8 RGB, one
+    strip of `_STRIP` rows at a time, in order.  Shared with the Visium demo.  The OME-XML's UUID
+    is `uuid` if given (the same bytes on every run), else a fresh one (tifffile's default)."""
+    import tifffile
+
+    height, width = shape
+    sides = [min(shape)]
+    while sides[-1] >= 1024:
+        sides.append(sides[-1] // 2)
+    n_strips = -(-height // _STRIP)
+    level1 = np.zeros((height // 2, width // 2, 3), np.uint8) if len(sides) > 1 else None
+
+    def strip_at(s: int) -> np.ndarray:
         y0 = s * _STRIP
-        strip = _render_strip(
-            f, cp, px, y0, min(_STRIP, side - y0), side, tex, np.random.default_rng(strip_seeds[s])
-        )
+        strip = render(y0, min(_STRIP, height - y0))
         if level1 is not None:
             small = _half(strip)
             level1[y0 // 2 : y0 // 2 + small.shape[0]] = small
@@ -509,22 +574,24 @@ def _write_wsi(
     def tiles() -> Iterator[np.ndarray]:
         # Render the next strip while tifffile compresses this one (numpy releases the GIL).
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            nxt = pool.submit(render, 0)
+            nxt = pool.submit(strip_at, 0)
             for s in range(n_strips):
                 strip = nxt.result()
                 if s + 1 < n_strips:
-                    nxt = pool.submit(render, s + 1)
-                for x0 in range(0, side, _STRIP):
+                    nxt = pool.submit(strip_at, s + 1)
+                for x0 in range(0, width, _STRIP):
                     yield strip[:, x0 : x0 + _STRIP]
 
     # buffersize: compress one strip of tiles at a time rather than buffering up to 512 MB.
     opts = dict(
-        tile=(256, 256), compression="zlib", photometric="rgb", buffersize=_STRIP * side * 3
+        tile=(256, 256), compression="zlib", photometric="rgb", buffersize=_STRIP * width * 3
     )
+    if zlib_level is not None:
+        opts["compressionargs"] = {"level": zlib_level}
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
         tif.write(
             tiles(),
-            shape=(side, side, 3),
+            shape=(height, width, 3),
             dtype=np.uint8,
             subifds=len(sides) - 1,
             metadata={
@@ -533,6 +600,7 @@ def _write_wsi(
                 "PhysicalSizeXUnit": "µm",
                 "PhysicalSizeY": px,
                 "PhysicalSizeYUnit": "µm",
+                **({"UUID": uuid} if uuid else {}),
             },
             **opts,
         )
