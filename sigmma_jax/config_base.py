@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from sigmma_jax import dlpfc
 from sigmma_jax.models import backbones
 
 
@@ -74,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- model (docs/method.md) -------------------------------------------------------------------
     c.model = m = ml_collections.ConfigDict()
+    m.family = "sigmma"  # sigmma_jax.families: "sigmma" | "st_align" (st_align_config)
     # Towers by name (sigmma_jax.models.sigmma): HE "multi_crop" (SIGMMA's 21 crops) | "whole_tile";
     # ST "graph" (the hierarchical cell graph, model.st) | "mlp" (tile expression MLP, model.mlp).
     m.he_tower = "multi_crop"
@@ -135,6 +137,8 @@ def base_config() -> ml_collections.ConfigDict:
     # decay ** (L + 1), the final norm 1 (timm's numbering); 1.0 is off.
     t.layer_decay = 1.0
     t.weight_decay = 0.05
+    # > 0: weight decay follows a cosine from weight_decay to this (ST-Align: 0.04 -> 0.4); < 0: fixed
+    t.weight_decay_end = -1.0
     t.grad_clip = 1.0
     t.log_every = 50
     t.checkpoint_every = 1000
@@ -240,6 +244,190 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # The demo suite (python -m sigmma_jax.experiments, 7 methods x 3 seeds) trains each run for 300
     # steps instead of 400 so that it fits in 45 minutes on two CPU cores (README).
     c.suite.steps = 300
+    return c
+
+
+# Sections of the SIGMMA schema that mean nothing to ST-Align (tiles, cell graphs, Task 1 / 2).
+_SIGMMA_ONLY = {
+    "data": (
+        "target_mpp",
+        "tile_px",
+        "min_cells",
+        "min_tissue",
+        "node_budget",
+        "overflow",
+        "graph",
+        "micro_graph",
+        "knn_k",
+        "radius_px",
+        "cell_embeddings",
+        "cell_embedding_key",
+        "node_features",
+        "node_pca",
+        "tile_features",
+        "expression_pcs",
+        "sentence_length",
+        "synthetic",
+        "xenium_dir",
+        "alignment",
+    ),
+    "model": ("he_tower", "st_tower", "st", "mlp", "gene_sentence", "l2_normalize"),
+    "train": ("scale_weights", "loss", "layer_decay"),
+    "eval": (
+        "pca_components",
+        "n_genes",
+        "probe_embedding",
+        "knn_k",
+        "genes_file",
+        "probe_intercept",
+        "target",
+        "target_sum",
+    ),
+}
+
+
+def st_align_config() -> ml_collections.ConfigDict:
+    """ST-Align (arXiv 2411.16793) at the paper's scale: Visium spots and their niches, four
+    encoders, ABFN, three contrastive losses (docs/method.md, "ST-Align"). Shares the data sources,
+    mesh, optimiser and schedule keys with SIGMMA's schema; SIGMMA's tile and graph keys are gone."""
+    c = base_config()
+    for section, keys in _SIGMMA_ONLY.items():
+        for k in keys:
+            del c[section][k]
+    d, m, t, e = c.data, c.model, c.train, c.eval
+    m.family = "st_align"
+    # --- data: Visium in the forms users have it (README, "ST-Align"; docs/method.md, "Visium")
+    d.source = "hest"  # "hest" (Visium samples of HEST-1k) | "spaceranger" | "generic" | "synthetic_visium"
+    d.spaceranger_dir = (
+        ""  # a Space Ranger outs/ folder, a sample folder holding one, or a folder of them
+    )
+    # spaceranger: the full-resolution H&E: a path, a pattern with "{sample}", or "" (the one TIFF
+    # in the sample folder); generic: the TIFF beside data.cells (an .h5ad of spots)
+    d.wsi = ""
+    # Domain labels, for evaluation only: an obs column of the spots' .h5ad, or a table joined by
+    # barcode in spatialLIBD's layout (barcode, sample, layer; barcode_level_layer_map.tsv).
+    d.labels = ""
+    d.spots = ml_collections.ConfigDict(
+        dict(
+            crop_um=55.0,  # spot image: the square around the spot (the 55 µm spot)
+            crop_px=28,  # ... resampled to the paper's 28 x 28 (§3.2)
+            niche_k=3,  # a niche: the spot and its 3 nearest spots (§4.1)
+            niche_um=256.0,  # niche image: the square around the niche's spots (covers the four)
+            niche_px=224,  # ... resampled to the niche encoder's input (UNI: 224, §3.2)
+            diameter_um=55.0,  # generic spots: their diameter (HEST / Space Ranger: Visium's 55 µm)
+            n_hvg=2000,  # panel: the most variable shared genes (0: every shared gene)
+            keep_genes=dlpfc.NINE,  # always in the panel when the slides have them (Table 3)
+            preclusters=8,  # per-slide k-means clusters for train.negatives="other_clusters"
+            grid_um=100.0,  # spatial blocks (data.split.by="space") on the 100 µm spot pitch
+        )
+    )
+    d.synthetic_visium = ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            n_slices=6,
+            slices_per_donor=2,
+            size_um=2600.0,
+            pixel_size_um=0.725,
+            n_genes=120,
+            dir="",  # where the slices are generated ("" -> <workdir>/slides)
+        )
+    )
+    d.split.update(by="sample", block_tiles=10)  # whole slides held out (§4.3: six DLPFC slices)
+    # --- model (§3.2-3.3; docs/method.md, "ST-Align")
+    m.backbone, m.backbone_weights = "uni", "weights/uni"  # the niche image encoder (§3.2: UNI)
+    m.backbone_mode = "full"  # the authors' code trains UNI
+    # AE-Img: ResNet-50 from scratch on the spot images (the code's CIFAR stem: no downsampling of
+    # 28 px); GroupNorm instead of the paper's SyncBN (docs/method.md).
+    m.spot_image = ml_collections.ConfigDict(
+        dict(layers=(3, 4, 6, 3), width=64, stem="cifar", norm="group")
+    )
+    # The spot expression encoder: scGPT, converted once (`python -m sigmma_jax.convert
+    # --arch=scgpt`); "" trains this architecture from scratch over the panel's genes.
+    m.scgpt = ml_collections.ConfigDict(
+        dict(
+            weights="weights/scgpt",
+            mode="frozen",  # "frozen" (the paper: a pretrained feature extractor) | "full"
+            max_len=1200,  # tokens per spot (scGPT's embedding default), <cls> included
+            d_model=512,
+            nhead=8,
+            d_hid=512,
+            nlayers=12,
+            dropout=0.2,
+            n_bins=51,
+        )
+    )
+    # AE-Gene: the niche expression encoder (§4.1: transformer, 6 layers, 8 heads, dropout 0.1)
+    m.niche_gene = ml_collections.ConfigDict(
+        dict(tokens=8, width=512, depth=6, heads=8, mlp_dim=1024, dropout=0.1)
+    )
+    # ABFN (§3.3): s tokens of width l (the code: 8 x 512), two-way cross-attention
+    m.abfn = ml_collections.ConfigDict(
+        dict(tokens=8, width=512, heads=8, ffn_hidden=64, hidden=2048, dropout=0.1)
+    )
+    m.fusion = "abfn"  # "abfn" | "concat" (Table 2: concatenation instead of ABFN)
+    # "specialised": AE-Img and AE-Gene | "pretrained" (Table 2, without the trainable encoders:
+    # the spot image through the niche image encoder, the niche expression through scGPT)
+    m.encoders = "specialised"
+    m.embed_dim = 512  # each encoder's projection, the space of L_spot and L_niche
+    m.fused_dim = 1024  # ABFN's output, the space of L_NS
+    m.temperature_init = 0.1  # the code's τ
+    m.learn_temperature = False
+    m.temperature_min = 0.01
+    # --- optimisation (§4.1): AdamW, cosine with warm-up, weight decay 0.04 -> 0.4 (cosine)
+    t.loss_weights = (0.3, 0.3)  # λ1 (L_spot), λ2 (L_niche); L_NS weighs 1 - λ1 - λ2 (Eq. 12)
+    # "in_batch": every other spot of the global batch | "other_clusters": one negative from each
+    # other pre-cluster of the batch (the authors' code)
+    t.negatives = "in_batch"
+    t.global_batch = 192  # the code: 64 per GPU on 3 GPUs
+    t.lr = 5e-4 * 192 / 256  # the code: 5e-4 x batch / 256
+    t.backbone_lr_mult = 1.0  # the code: one learning rate
+    t.weight_decay, t.weight_decay_end = 0.04, 0.4
+    # 100 epochs of STimage-1K4M (1.3 M spots at 192 a batch) is 677 k steps: set it for a cohort.
+    t.steps = 20_000
+    t.warmup_steps = 1000
+    t.checkpoint_every = 1000
+    c.evals = ("domains", "spot_expression")
+    c.suite = ml_collections.ConfigDict(
+        dict(methods=("st_align",), seeds=(0, 1, 2), folds=(), backbones=(), steps=0)
+    )
+    return c
+
+
+def apply_st_align_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ST-Align's model and schedule shrunk to minutes on two CPU cores; data settings kept, but
+    for the image sizes, which follow the small encoders."""
+    c.model.vit.update(
+        dict(
+            img_size=32,
+            patch_size=8,
+            width=96,
+            depth=3,
+            num_heads=4,
+            mlp_ratio=2.0,
+            init_values=0.1,
+        )
+    )
+    c.model.backbone, c.model.backbone_weights = "vit", ""
+    c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
+    c.model.remat = False
+    c.model.spot_image.update(dict(layers=(1, 1, 1, 1), width=16))
+    c.model.scgpt.update(dict(weights="", mode="full", d_model=64, nhead=4, d_hid=128, nlayers=2))
+    c.model.niche_gene.update(dict(tokens=4, width=64, depth=2, heads=4, mlp_dim=128))
+    c.model.abfn.update(dict(tokens=4, width=64, heads=4, ffn_hidden=32, hidden=256))
+    c.model.embed_dim, c.model.fused_dim = 64, 128
+    c.data.spots.update(niche_px=32, n_hvg=0)
+    c.data.workers = 2
+    c.train.update(
+        dict(
+            global_batch=64,
+            steps=300,
+            warmup_steps=30,
+            lr=2e-3,
+            log_every=20,
+            checkpoint_every=150,
+        )
+    )
+    c.eval.batch = 64
     return c
 
 

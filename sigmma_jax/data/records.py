@@ -1,4 +1,5 @@
-"""One tile pair as a self-describing record: what preprocessing writes and the loader reads.
+"""One record (a tile pair for SIGMMA, a spot with its niche for ST-Align), self-describing: what
+preprocessing writes and the loader reads.
 
 Plain msgpack (no JAX import) so preprocessing workers start fast.
 """
@@ -29,14 +30,30 @@ OPTIONAL = {
 }
 
 
+def _counts_small(a: np.ndarray) -> np.ndarray:
+    """Counts are small integers: uint16 keeps records ~2x smaller than float32."""
+    if a.size and a.max() < 65536 and np.all(a == np.round(a)):
+        return a.astype(np.uint16)
+    return a
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> dict[str, list]:
+    return {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in arrays.items()}
+
+
+def _unpack(rec: dict, fields: dict[str, type]) -> dict[str, np.ndarray]:
+    out = {}
+    for k, dt in fields.items():
+        dtype, shape, buf = rec[k]
+        out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
+    return out
+
+
 def encode(tile: dict[str, Any]) -> bytes:
     rec = {k: np.ascontiguousarray(tile[k]) for k in FIELDS}
     rec.update({k: np.ascontiguousarray(tile[k]) for k in OPTIONAL if k in tile})
-    # Counts are small integers: uint16 keeps records ~2x smaller than float32.
-    counts = rec["counts"]
-    if counts.size and counts.max() < 65536 and np.all(counts == np.round(counts)):
-        rec["counts"] = counts.astype(np.uint16)
-    out = {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in rec.items()}
+    rec["counts"] = _counts_small(rec["counts"])
+    out = _pack(rec)
     # The input's id of each kept cell (row order of `xy` and `counts`): results join back on it.
     out["cell_ids"] = [str(i) for i in tile["cell_ids"]]
     out["meta"] = {k: tile["meta"][k] for k in sorted(tile["meta"])}
@@ -45,10 +62,35 @@ def encode(tile: dict[str, Any]) -> bytes:
 
 def decode(data: bytes) -> dict[str, Any]:
     rec = msgpack.unpackb(data, raw=False)
-    out = {}
-    for k, dt in {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in rec}}.items():
-        dtype, shape, buf = rec[k]
-        out[k] = np.frombuffer(buf, np.dtype(dtype)).reshape(shape).astype(dt)
+    out = _unpack(rec, {**FIELDS, **{k: v for k, v in OPTIONAL.items() if k in rec}})
     out["cell_ids"] = np.asarray(rec["cell_ids"], dtype=object)
+    out["meta"] = rec["meta"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spots (ST-Align): one Visium spot with its niche. Its own version: it enters the spot shard hash.
+SPOT_VERSION = 1
+SPOT_FIELDS = {
+    "spot_image": np.uint8,  # (crop_px, crop_px, 3) RGB: the square of data.spots.crop_um around it
+    "niche_image": np.uint8,  # (niche_px, niche_px, 3): data.spots.niche_um around the niche
+    "counts": np.float32,  # (genes,) the spot's raw counts over the panel
+    "niche_counts": np.float32,  # (genes,) mean raw counts of the niche's spots (ST-Align Eq. 2)
+}
+
+
+def encode_spot(spot: dict[str, Any]) -> bytes:
+    rec = {k: np.ascontiguousarray(spot[k]) for k in SPOT_FIELDS}
+    rec["counts"] = _counts_small(rec["counts"])
+    out = _pack(rec)
+    out["barcode"] = str(spot["barcode"])
+    out["meta"] = {k: spot["meta"][k] for k in sorted(spot["meta"])}
+    return msgpack.packb(out, use_bin_type=True)
+
+
+def decode_spot(data: bytes) -> dict[str, Any]:
+    rec = msgpack.unpackb(data, raw=False)
+    out = _unpack(rec, SPOT_FIELDS)
+    out["barcode"] = rec["barcode"]
     out["meta"] = rec["meta"]
     return out

@@ -218,12 +218,14 @@ def _preprocess(
             )
         if old["split_config"] == split_cfg:
             logging.info("shards up to date in %s (%d %s)", out_dir, len(items(old)), kind.unit)
-            problem = validate.split_problem([t["split"] for t in items(old)], config)
+            problem = validate.split_problem([t["split"] for t in items(old)], config, unit(old))
             if problem:
                 raise readers.InputError(f"{out_dir}: {problem}")
             return old
         # Only the split changed: refused as a fresh split would be, else recorded.
-        validate.split_tiles(items(old), old["slides"], config, groups=old.get("groups"))
+        validate.split_tiles(
+            items(old), old["slides"], config, groups=old.get("groups"), unit=unit(old)
+        )
         manifest = with_split(old, d.split)
         atomic.write_json(manifest_path, manifest)
         return manifest
@@ -241,7 +243,7 @@ def _preprocess(
         raise kind.nothing_passed(config, where, report)
     slide_names = [s.name for s in slides]
     groups = splits.sample_groups(slides)
-    validate.split_tiles(records, slide_names, config, groups=groups)
+    validate.split_tiles(records, slide_names, config, groups=groups, unit=kind.unit)
     report.update(
         {f"{kind.unit}_kept": len(records)},
         slides=slide_report,

@@ -47,13 +47,19 @@ def assign_cells(slide: Slide, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
 
 def read_tile(wsi: WSI, grid: TileGrid, row: int, col: int) -> np.ndarray:
     """(tile_px, tile_px, 3) uint8 tile resampled from level 0."""
-    x0, y0, x1, y1 = grid.box(row, col)
+    return read_region(wsi, grid.box(row, col), grid.tile_px)
+
+
+def read_region(wsi: WSI, box: tuple[float, float, float, float], size_px: int) -> np.ndarray:
+    """(size_px, size_px, 3) uint8: the level-0 box (x0, y0, x1, y1), fractional, resampled with
+    an anti-aliasing filter; outside the image is white glass (a spot's niche at the border)."""
+    x0, y0, x1, y1 = box
     # One pixel of margin so the filter has support at the border.
     rx0, ry0 = math.floor(x0) - 1, math.floor(y0) - 1
     rx1, ry1 = math.ceil(x1) + 1, math.ceil(y1) + 1
     region = wsi.read(ry0, ry1, rx0, rx1)
     img = Image.fromarray(region).resize(
-        (grid.tile_px, grid.tile_px),
+        (size_px, size_px),
         Image.Resampling.BILINEAR,
         box=(x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0),
     )

@@ -226,31 +226,32 @@ def split_tiles(
     config: ml_collections.ConfigDict,
     estimate: bool = False,
     groups: dict[str, str] | None = None,
+    unit: str = "tiles",
 ) -> list[str]:
-    """The split of `tiles`, refused when training or evaluation could not run on it; `estimate`
-    marks tiles counted before the filters that read pixels; `groups` (sample -> group) are held out
-    together when splitting by sample."""
+    """The split of `tiles` (or spots: `unit`), refused when training or evaluation could not run
+    on it; `estimate` marks tiles counted before the filters that read pixels; `groups` (sample ->
+    group) are held out together when splitting by sample."""
     split_of = splits.make_splits(tiles, slide_names, config.data.split, groups)
-    problem = split_problem(split_of, config)
+    problem = split_problem(split_of, config, unit)
     if problem:
         when = " (tiles with enough cells, before the tissue filter)" if estimate else ""
-        raise InputError(problem + when + _advice(tiles, slide_names, config, groups))
+        raise InputError(problem + when + _advice(tiles, slide_names, config, groups, unit))
     return split_of
 
 
-def split_problem(split_of: list[str], config: ml_collections.ConfigDict) -> str:
+def split_problem(split_of: list[str], config: ml_collections.ConfigDict, unit="tiles") -> str:
     """What makes a split unusable for `config`, or '' (training needs a global batch of training
-    tiles, when it runs; evaluation some test tiles, when there are evaluators)."""
+    tiles (spots), when it runs; evaluation some test ones, when there are evaluators)."""
     n = {s: split_of.count(s) for s in ("train", "val", "test")}
     batch = config.train.global_batch
     sizes = f"{len(split_of)} (train {n['train']}, val {n['val']}, test {n['test']})"
     if config.train.steps > 0 and n["train"] < batch:
         return (
-            f"the split leaves {n['train']} training tiles of {sizes}, fewer than "
+            f"the split leaves {n['train']} training {unit} of {sizes}, fewer than "
             f"train.global_batch = {batch}"
         )
     if config.evals and n["test"] == 0:
-        return f"the split leaves no test tile of {sizes}; the evaluation needs some"
+        return f"the split leaves no test {unit[:-1]} of {sizes}; the evaluation needs some"
     return ""
 
 
@@ -259,6 +260,7 @@ def _advice(
     slide_names: list[str],
     config: ml_collections.ConfigDict,
     groups: dict[str, str] | None,
+    unit: str,
 ) -> str:
     """What to change: the first split setting that would give a usable split, when one does."""
     s, batch = config.data.split, config.train.global_batch
@@ -271,11 +273,11 @@ def _advice(
     for key, value in trials:
         split = ml_collections.ConfigDict(s.to_dict())
         split[key] = value
-        if not split_problem(splits.make_splits(tiles, slide_names, split, groups), config):
+        if not split_problem(splits.make_splits(tiles, slide_names, split, groups), config, unit):
             return f"; --config.data.split.{key}={value} would do (or lower train.global_batch)"
     if len(tiles) <= batch:
         return (
-            f"; too few tiles ({len(tiles)}) for a batch of {batch}: lower "
+            f"; too few {unit} ({len(tiles)}) for a batch of {batch}: lower "
             "--config.train.global_batch, or add tissue (more slides, a larger region)"
         )
     return "; lower --config.train.global_batch or change --config.data.split"

@@ -81,6 +81,11 @@ class Family(abc.ABC):
         """The initial parameters with converted pretrained weights put in (sharded like them)."""
         return params
 
+    def frozen_modules(self, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+        """Top-level parameter modules that do not train (no optimizer state); the backbone's
+        training mode is model.backbone_mode's."""
+        return ()
+
     @abc.abstractmethod
     def loss_fn(self, config: ml_collections.ConfigDict) -> Callable[[dict], tuple[Any, dict]]:
         """out -> (total loss, {term: loss}); terms are logged as loss_<term>."""

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from sigmma_jax import families
 from sigmma_jax.models import backbones
 
 
@@ -42,19 +43,40 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with `lr_schedule`; the backbone gets its own rate or, frozen, no state at all."""
+def weight_decay(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:
+    """train.weight_decay, or (train.weight_decay_end >= 0) a cosine from it to that value over the
+    run (ST-Align §4.1: 0.04 -> 0.4, as in DINO)."""
     t = config.train
+    if t.weight_decay_end < 0:
+        return t.weight_decay
+    return optax.cosine_decay_schedule(
+        t.weight_decay, t.steps, alpha=t.weight_decay_end / t.weight_decay
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with `lr_schedule`; the backbone gets its own rate or, frozen, no state at all, as do
+    the top-level modules the family keeps frozen (`Family.frozen_modules`: ST-Align's pretrained
+    scGPT)."""
+    t = config.train
+    frozen = families.get(config).frozen_modules(config)
+    wd = weight_decay(config)
 
     def adamw(mult):
-        return optax.adamw(lr_schedule(config, mult), weight_decay=t.weight_decay, mask=decay_mask)
+        return optax.adamw(lr_schedule(config, mult), weight_decay=wd, mask=decay_mask)
 
     # Frozen backbone leaves (all in "frozen" mode, those below the last k blocks in "last_k") get
     # set_to_zero: no optimizer state. Layer-wise decay scales the trained backbone leaves' updates.
     backbone = optax.chain(adamw(t.backbone_lr_mult), layer_decay(t.layer_decay))
-    labels = lambda params: param_labels(
-        params, config.model.backbone_mode, config.model.backbone_last_k
-    )
+
+    def labels(params):
+        out = param_labels(params, config.model.backbone_mode, config.model.backbone_last_k)
+        if not frozen:
+            return out
+        return {
+            k: jax.tree.map(lambda _: "frozen", v) if k in frozen else v for k, v in out.items()
+        }
+
     return optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
         optax.multi_transform(
