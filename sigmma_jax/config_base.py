@@ -272,7 +272,7 @@ _SIGMMA_ONLY = {
         "alignment",
     ),
     "model": ("he_tower", "st_tower", "st", "mlp", "gene_sentence", "l2_normalize"),
-    "train": ("scale_weights", "loss", "layer_decay"),
+    "train": ("scale_weights", "loss"),
     "eval": (
         "pca_components",
         "n_genes",
@@ -294,8 +294,12 @@ def st_align_config() -> ml_collections.ConfigDict:
     for section, keys in _SIGMMA_ONLY.items():
         for k in keys:
             del c[section][k]
-    d, m, t, e = c.data, c.model, c.train, c.eval
+    d, m, t = c.data, c.model, c.train
     m.family = "st_align"
+    # "st_align" | "clip" (the CLIP / PLIP baseline: the niche image encoder on the spot image and
+    # an FC layer to clip_dim, against an FC layer from the spot's expression, §4.2)
+    m.variant = "st_align"
+    m.clip_dim = 32
     # --- data: Visium in the forms users have it (README, "ST-Align"; docs/method.md, "Visium")
     d.source = "hest"  # "hest" (Visium samples of HEST-1k) | "spaceranger" | "generic" | "synthetic_visium"
     d.spaceranger_dir = (
@@ -387,6 +391,30 @@ def st_align_config() -> ml_collections.ConfigDict:
     t.warmup_steps = 1000
     t.checkpoint_every = 1000
     c.evals = ("domains", "spot_expression")
+    c.eval.initial = False  # the suite's untrained rows are the frozen baselines
+    # Zero-shot domains (evaluation.domains): k = a slide's annotated layers, 5 clustering seeds
+    c.eval.domain_methods = ("kmeans", "gmm")
+    c.eval.domain_pca = 50
+    c.eval.domain_scale = "none"
+    c.eval.domain_seeds = 5
+    c.eval.domain_embeddings = (
+        "fused_spot",
+        "spot_image",
+        "niche_image",
+        "spot_gene",
+        "niche_gene",
+    )
+    c.eval.domain_gmm_covariance = "tied"  # mclust's EEE, as DLPFC work calls it
+    # Gene prediction (evaluation.spot_expression): an MLP on 80 % of a held-out slide's spots
+    c.eval.gene_embeddings = ("image",)
+    c.eval.gene_train_fraction = 0.8
+    c.eval.gene_split = "random"  # the paper's; "space" holds out a block of the slide
+    c.eval.gene_mlp_hidden = (256,)
+    c.eval.gene_mlp_max_iter = 200
+    c.eval.gene_mlp_early_stopping = True
+    c.eval.gene_seeds = 3
+    c.eval.gene_groups = tuple(dlpfc.NINE_GENES.items())
+    c.eval.gene_panel = "hvg"  # also the whole panel ("none": the nine genes only)
     c.suite = ml_collections.ConfigDict(
         dict(methods=("st_align",), seeds=(0, 1, 2), folds=(), backbones=(), steps=0)
     )

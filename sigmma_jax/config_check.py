@@ -25,8 +25,8 @@ def allowed_names() -> dict[str, Iterable[str]]:
     from sigmma_jax import evaluation, families, losses
     from sigmma_jax.data import features, graphs, sources, splits, tile_shards
     from sigmma_jax.evaluation import expression, probe
-    from sigmma_jax.experiments import methods
-    from sigmma_jax.models import backbones, sigmma, st_encoder
+    from sigmma_jax.families import st_align as st_align_family
+    from sigmma_jax.models import backbones, sigmma, st_align, st_encoder
 
     return {
         "data.source": sources.SOURCES,
@@ -49,12 +49,16 @@ def allowed_names() -> dict[str, Iterable[str]]:
         "eval.probe_embedding": probe.EMBEDDINGS,
         "eval.target": expression.TARGETS,
         "evals": evaluation.EVALUATORS,  # each of the list
-        "suite.methods": methods.METHODS,  # each of the list
+        "model.variant": st_align_family.VARIANTS,
+        "model.encoders": st_align_family.ENCODERS,
+        "model.fusion": st_align_family.FUSIONS,
+        "model.scgpt.mode": st_align_family.SCGPT_MODES,
+        "train.negatives": st_align.NEGATIVES,
     }
 
 
 # Keys whose value is a list, each item checked against the names.
-LISTS = ("evals", "data.tile_features", "suite.methods")
+LISTS = ("evals", "data.tile_features")
 
 
 def _positive(v) -> bool:
@@ -119,6 +123,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.n_genes": (_positive, "> 0"),
     "eval.knn_k": (_positive, "> 0"),
     "mesh.data": (lambda v: v == -1 or v > 0, "-1 (every device) or > 0"),
+    "data.spots.crop_um": (_positive, "> 0"),
+    "data.spots.crop_px": (_positive, "> 0"),
+    "data.spots.niche_k": (_positive, "> 0"),
+    "data.spots.niche_um": (_positive, "> 0"),
+    "data.spots.niche_px": (_positive, "> 0"),
+    "data.spots.diameter_um": (_positive, "> 0"),
+    "data.spots.n_hvg": (_non_negative, ">= 0 (0: every shared gene)"),
+    "data.spots.preclusters": (_positive, "> 0"),
+    "data.spots.grid_um": (_positive, "> 0"),
+    "model.fused_dim": (_positive, "> 0"),
+    "model.clip_dim": (_positive, "> 0"),
+    "model.scgpt.max_len": (lambda v: v >= 2, ">= 2 (<cls> and one gene)"),
 }
 
 
@@ -191,6 +207,34 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
                 f"{', '.join(map(repr, foreign))} cannot evaluate a {family.name} model; its "
                 f"evaluators are {', '.join(map(repr, family.evaluators))}",
             )
+    methods = _get(config, "suite.methods")
+    if methods is not _MISSING:
+        from sigmma_jax.experiments import suite
+
+        known = suite.experiment(config)[0].METHODS
+        for m in methods:
+            _check_name("suite.methods", m, known)
+    weights = _get(config, "train.loss_weights")
+    if weights is not _MISSING and (
+        len(weights) != 2 or min(weights) < 0 or sum(weights) > 1 + 1e-9
+    ):
+        raise _bad(
+            "train.loss_weights",
+            tuple(weights),
+            "must be 2 weights >= 0 (λ1 of L_spot, λ2 of L_niche) with λ1 + λ2 <= 1 (L_NS weighs "
+            "1 - λ1 - λ2)",
+        )
+    scgpt = _get(config, "model.scgpt")
+    if scgpt is not _MISSING and scgpt.mode == "frozen" and not scgpt.weights:
+        raise ConfigError(
+            "config.model.scgpt.mode = 'frozen' needs converted weights (model.scgpt.weights); "
+            "without them scGPT trains from scratch: --config.model.scgpt.mode=full"
+        )
+    wd_end = _get(config, "train.weight_decay_end")
+    if wd_end is not _MISSING and wd_end >= 0 and config.train.weight_decay <= 0:
+        raise _bad(
+            "train.weight_decay", config.train.weight_decay, "must be > 0 for a schedule to end"
+        )
     split = _get(config, "data.split")
     if split is not _MISSING and split.test_fraction + split.val_fraction >= 1:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Grain loader: shards -> decoded tiles -> augmented -> padded to budgets -> Jraph batches -> devices.
+"""SIGMMA's batches: decoded tiles -> augmented -> padded to budgets -> Jraph batches (`loader`).
 
 Padding is per tile: every tile occupies a fixed slot of `nodes` nodes and `edges` edges in the
 batched GraphsTuple (real ones first, a mask marks them). Fixed slots mean (1) one compile per run,
@@ -17,37 +17,9 @@ import jraph
 import numpy as np
 from jax.sharding import Mesh
 
-from sigmma_jax import scales, sharding
-from sigmma_jax.data import features, records
-
-
-class ShardSource(grain.sources.RandomAccessDataSource):
-    """One split of a shard set: the manifest's record indices into the concatenated shards."""
-
-    def __init__(self, shard_dir: str | pathlib.Path, manifest: dict, split: str):
-        self._dir = pathlib.Path(shard_dir)
-        self._paths = [str(self._dir / s) for s in manifest["shards"]]
-        self._indices = list(manifest["splits"][split])
-        self._split = split
-        self._source = None
-
-    def __len__(self) -> int:
-        return len(self._indices)
-
-    def __getitem__(self, i: int) -> bytes:
-        if self._source is None:  # opened lazily so the object pickles cheaply into workers
-            self._source = grain.sources.ArrayRecordDataSource(self._paths)
-        return self._source[self._indices[i]]
-
-    def __getstate__(self):
-        return dict(self.__dict__, _source=None)
-
-    def __repr__(self) -> str:  # stable: Grain compares it when restoring iterator state
-        return f"ShardSource({self._dir}, split={self._split}, n={len(self)})"
-
-    def record(self, i: int) -> int:
-        """The manifest's record index of item i (what host-side features are indexed by)."""
-        return self._indices[i]
+from sigmma_jax import scales
+from sigmma_jax.data import features, loader, records
+from sigmma_jax.data.loader import ShardSource
 
 
 class TileSource(grain.sources.RandomAccessDataSource):
@@ -180,41 +152,6 @@ def collate(tiles: list[dict]) -> dict[str, Any]:
     return dict(image=np.stack([t["image"] for t in tiles]), graph=graph)
 
 
-class _Rows(grain.MapDataset):
-    """Element i is row `rows[i % len(rows)]` of global batch `i // len(rows)` of the parent: the
-    part of every global batch that this process's devices hold."""
-
-    def __init__(self, parent: grain.MapDataset, batch: int, rows):
-        super().__init__(parent)
-        self._batch, self._rows = batch, [int(r) for r in rows]
-        self._length = len(parent) // batch * len(self._rows)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return super().__getitem__(index)
-        step, j = divmod(index, len(self._rows))
-        return self._parent[step * self._batch + self._rows[j]]
-
-    def __str__(self) -> str:
-        return f"Rows(batch={self._batch}, rows={self._rows})"
-
-
-def _rows(mesh: Mesh | None, global_batch: int) -> np.ndarray:
-    """Rows of each global batch this process reads: those its devices hold in `mesh`."""
-    if global_batch % max(jax.process_count(), 1):
-        raise ValueError(
-            f"global batch {global_batch} is not divisible by {jax.process_count()} hosts"
-        )
-    if mesh is None:
-        if jax.process_count() > 1:
-            raise ValueError("a multi-process loader needs the mesh to know its rows")
-        return np.arange(global_batch)
-    return sharding.process_rows(mesh, global_batch)
-
-
 def train_iterator(
     shard_dir: str | pathlib.Path,
     manifest: dict,
@@ -226,31 +163,19 @@ def train_iterator(
     workers: int = 0,
     prefetch: int = 2,
 ) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's rows of each global batch; checkpointable state.
-
-    Every process walks the same global order (same seed); the global batch is a pure function of
-    the seed and the step, and a process reads the rows its devices hold in `mesh` (all of them
-    without a mesh, in one process). Augmentation is drawn per position in the global order, so the
-    global batch is the same whatever the number of processes or the order of devices.
-    """
+    """Endless shuffled batches of padded tiles (`loader.shuffled_batches`)."""
     budgets = manifest["budgets"]
-    rows = _rows(mesh, global_batch)
-    ds = grain.MapDataset.source(TileSource(shard_dir, manifest, "train"))
-    if len(ds) < global_batch:
-        raise ValueError(f"{len(ds)} training tiles, fewer than the global batch {global_batch}")
-    # Each epoch is a new permutation cut to whole global batches: a batch that ran across the
-    # end of an epoch could hold a tile twice, a false negative for the contrastive loss (in the
-    # demo, 26 of the first 400 batches did). The few tiles cut differ from epoch to epoch.
-    ds = ds.seed(seed).shuffle()[: len(ds) // global_batch * global_batch].repeat()
-    if augment_tiles:
-        ds = ds.random_map(augment)
-    ds = ds.map(lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]))
-    ds = _Rows(ds, global_batch, rows)  # lazy: only these rows are read and decoded
-    ds = ds.batch(len(rows), drop_remainder=True, batch_fn=collate)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=prefetch))
-    if workers > 0:
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-    return iter(it)
+    return loader.shuffled_batches(
+        TileSource(shard_dir, manifest, "train"),
+        global_batch,
+        seed=seed,
+        mesh=mesh,
+        augment=augment if augment_tiles else None,
+        prepare=lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]),
+        collate=collate,
+        workers=workers,
+        prefetch=prefetch,
+    )
 
 
 def eval_batches(
@@ -260,18 +185,14 @@ def eval_batches(
     global_batch: int,
     mesh: Mesh | None = None,
 ) -> Iterator[dict]:
-    """Every tile of a split once, in manifest order, without augmentation: this process's rows of
-    each global batch (as in `train_iterator`). The last batch is filled with invalid empty tiles
-    (graph.globals['valid'] is False for them)."""
+    """Every tile of a split once, in manifest order (`loader.ordered_batches`); the last batch is
+    filled with invalid empty tiles (graph.globals['valid'] is False for them)."""
     budgets = manifest["budgets"]
-    rows = _rows(mesh, global_batch)
-    src = TileSource(shard_dir, manifest, split)
-    n = len(src)
-    first = pad_tile(src[0], budgets["nodes"], budgets["edges"])
-    for start in range(0, n, global_batch):
-        yield collate(
-            [
-                pad_tile(src[i], budgets["nodes"], budgets["edges"]) if i < n else empty_tile(first)
-                for i in start + rows
-            ]
-        )
+    return loader.ordered_batches(
+        TileSource(shard_dir, manifest, split),
+        global_batch,
+        mesh,
+        prepare=lambda t: pad_tile(t, budgets["nodes"], budgets["edges"]),
+        empty=empty_tile,
+        collate=collate,
+    )

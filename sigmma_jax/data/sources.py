@@ -29,11 +29,28 @@ def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[read
     return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
 
 
+def _spots(d: ml_collections.ConfigDict) -> bool:
+    """A config for spots (ST-Align's: it has data.spots): the generic source reads spots."""
+    return "spots" in d
+
+
 def _generic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
     if not d.cells or not d.wsi:
         raise readers.InputError(
-            "configs/generic.py needs --config.data.cells=FILE.h5ad and --config.data.wsi=FILE.tif"
+            "the generic source needs --config.data.cells=FILE.h5ad and --config.data.wsi=FILE.tif"
         )
+    if _spots(d):
+        from sigmma_jax.data import visium
+
+        return [
+            visium.read_spots_h5ad(
+                d.cells,
+                d.wsi,
+                d.pixel_size_um,
+                d.spots.diameter_um,
+                allow_non_integer=d.allow_non_integer_counts,
+            )
+        ]
     return [
         readers.read_generic(
             d.cells, d.wsi, d.pixel_size_um, allow_non_integer=d.allow_non_integer_counts
@@ -47,6 +64,37 @@ def _hest(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.S
     if not d.hest_dir or not d.sample_ids:
         raise readers.InputError("HEST configs need --config.data.hest_dir=DIR (and sample_ids)")
     return [hest.read_hest(d.hest_dir, sid, d.min_qv) for sid in d.sample_ids]
+
+
+def _spaceranger(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    from sigmma_jax.data import visium
+
+    if not d.spaceranger_dir:
+        raise readers.InputError(
+            "the spaceranger source needs --config.data.spaceranger_dir=DIR (an outs/ folder, a "
+            "sample folder holding one, or a folder of sample folders)"
+        )
+    return visium.read_spaceranger_samples(d.spaceranger_dir, d.wsi)
+
+
+def _synthetic_visium(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    """ST-Align's demo: DLPFC-like Visium slices generated in HEST-1k's layout, read as HEST."""
+    from sigmma_jax.data import synthetic_visium, visium
+
+    s = d.synthetic_visium
+    out = synthetic_visium.write_synthetic_visium(
+        s.dir or workdir / "slides",
+        seed=s.seed,
+        n_slices=s.n_slices,
+        slices_per_donor=s.slices_per_donor,
+        size_um=s.size_um,
+        pixel_size_um=s.pixel_size_um,
+        n_genes=s.n_genes,
+    )
+    slides = [visium.read_hest_visium(out.hest_dir, sid) for sid in out.sample_ids]
+    if not d.labels:  # the demo's layers, unless the config names other labels
+        visium.attach_labels(slides, str(out.labels))
+    return slides
 
 
 def _xenium(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
@@ -65,6 +113,8 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list[read
     "generic": _generic,
     "hest": _hest,
     "xenium": _xenium,
+    "spaceranger": _spaceranger,
+    "synthetic_visium": _synthetic_visium,
 }
 
 
@@ -110,5 +160,18 @@ def load_slides(
             f"unknown data.source {source!r}; expected one of {sorted(SOURCES)}"
         )
     slides = SOURCES[source](config.data, pathlib.Path(workdir))
-    cell_embeddings.attach(slides, config.data)
+    if _spots(config.data):
+        if config.data.get("labels"):  # ground truth for evaluation (spatialLIBD's layers...)
+            from sigmma_jax.data import visium
+
+            visium.attach_labels(slides, config.data.labels, _obs_or_none(config, workdir))
+    else:
+        cell_embeddings.attach(slides, config.data)
     return slides
+
+
+def _obs_or_none(config: ml_collections.ConfigDict, workdir) -> list | None:
+    """Each slide's obs table when its source keeps one (an obs column can name the labels)."""
+    if config.data.source not in OBS:
+        return None
+    return load_obs(config, workdir)

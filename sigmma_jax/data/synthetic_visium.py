@@ -1,4 +1,4 @@
-"""Synthetic DLPFC-like 10x Visium slices in HEST-1k's layout: the ST-Align demo (METHOD.md §6-7).
+"""Synthetic DLPFC-like 10x Visium slices in HEST-1k's layout: the ST-Align demo (docs/method.md, "ST-Align").
 
 ``write_synthetic_visium(out_dir, seed=0)`` writes six slices of human dorsolateral prefrontal
 cortex from three donors as HEST-1k stores DLPFC: ``st/{id}.h5ad`` (all spots of the capture area

@@ -15,13 +15,24 @@ import time
 
 import ml_collections
 
-from sigmma_jax.evaluation import knn_expression, probe, retrieval, retrieval_train
+from sigmma_jax.evaluation import (
+    domains,
+    knn_expression,
+    probe,
+    retrieval,
+    retrieval_train,
+    spot_expression,
+)
 
 EVALUATORS = {
+    # SIGMMA's Task 2 and Task 1
     "retrieval": retrieval,
     "retrieval_train": retrieval_train,
     "probe": probe,
     "knn_expression": knn_expression,
+    # ST-Align's zero-shot spatial domains and gene prediction
+    "domains": domains,
+    "spot_expression": spot_expression,
 }
 
 

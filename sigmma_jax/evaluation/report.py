@@ -43,7 +43,6 @@ MODEL_NOTES = {
     "initial": "the model at initialisation: with converted weights, the pretrained backbone behind "
     "randomly initialised heads and ST tower",
 }
-_LOSS_KEYS = ("loss", "loss_micro", "loss_meso", "loss_macro")
 
 
 # --------------------------------------------------------------------------- markdown
@@ -52,10 +51,10 @@ _LOSS_KEYS = ("loss", "loss_micro", "loss_meso", "loss_macro")
 def _models(results: dict) -> list[str]:
     # "trained" and "initial" first; any other entry holding evaluator results (a baseline) gets its
     # own column after them.
+    from sigmma_jax.evaluation import EVALUATORS
+
     found = [
-        k
-        for k, v in results.items()
-        if isinstance(v, dict) and any(e in v for e in ("retrieval", *EXPRESSION))
+        k for k, v in results.items() if isinstance(v, dict) and any(e in v for e in EVALUATORS)
     ]
     order = {"trained": 0, "initial": 1}
     return sorted(found, key=lambda k: (order.get(k, 2), found.index(k)))
@@ -154,10 +153,24 @@ def _markdown(results: dict) -> str:
                 cells.append(cell)
             rows.append([label] + cells)
         lines += md_table(["metric"] + list(found), rows) + [""]
+    lines += _own_tables(results, models)
     notes = [f"- {m}: {MODEL_NOTES[m]}" for m in models if m in MODEL_NOTES]
     if notes:
         lines += ["Columns:", ""] + notes + [""]
     return "\n".join(lines)
+
+
+def _own_tables(results: dict, models: list[str]) -> list[str]:
+    """The tables of the evaluators that render their own results (`markdown(result)`)."""
+    from sigmma_jax.evaluation import EVALUATORS
+
+    lines = []
+    for m in models:
+        for name, result in results[m].items():
+            render = getattr(EVALUATORS.get(name), "markdown", None)
+            if render is not None:
+                lines += [f"## {name} ({m})", ""] + render(result) + [""]
+    return lines
 
 
 # --------------------------------------------------------------------------- plots
@@ -222,11 +235,12 @@ def _series(history: list[dict], key: str) -> tuple[list, list]:
 def _plot_training(history: list[dict], path: Path) -> None:
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_loss, ax_temp = fig.subplots(1, 2)
-    for key in _LOSS_KEYS:
+    keys = ["loss"] + sorted({k for h in history for k in h if k.startswith("loss_")})
+    for key in keys:
         steps, vals = _series(history, key)
         if steps:
             ax_loss.plot(steps, vals, label=key, lw=2 if key == "loss" else 1)
-    ax_loss.set(xlabel="step", ylabel="InfoNCE loss", title="loss")
+    ax_loss.set(xlabel="step", ylabel="contrastive loss", title="loss")
     if ax_loss.lines:
         ax_loss.legend(fontsize="small")
     steps, vals = _series(history, "temperature")

@@ -105,18 +105,23 @@ TABLE4 = {
 }
 
 
-def check(names) -> None:
-    unknown = [n for n in names if n not in METHODS]
+def check(names, registry: dict | None = None) -> None:
+    """Refuses names that are not methods of `registry` (SIGMMA's METHODS by default)."""
+    registry = METHODS if registry is None else registry
+    unknown = [n for n in names if n not in registry]
     if unknown:
         raise ValueError(
-            f"unknown method(s) {unknown} in config.suite.methods; known: {list(METHODS)}"
+            f"unknown method(s) {unknown} in config.suite.methods; known: {list(registry)}"
         )
 
 
-def configure(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-    """A copy of `config` changed into `method`."""
-    check([method])
+def configure(
+    config: ml_collections.ConfigDict, method: str, registry: dict | None = None
+) -> ml_collections.ConfigDict:
+    """A copy of `config` changed into `method` (of `registry`, SIGMMA's METHODS by default)."""
+    registry = METHODS if registry is None else registry
+    check([method], registry)
     c = config.copy_and_resolve_references()
     with c.unlocked():
-        METHODS[method](c)
+        registry[method](c)
     return c

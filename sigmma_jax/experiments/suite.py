@@ -21,10 +21,19 @@ import time
 
 import ml_collections
 
-from sigmma_jax import atomic, config_check
+from sigmma_jax import atomic, config_check, families
 from sigmma_jax.data import shards
-from sigmma_jax.experiments import methods, tables
+from sigmma_jax.experiments import methods, st_align_methods, st_align_tables, tables
 from sigmma_jax.models import backbones
+
+# Each family's experiments: its methods (named config changes) and its tables.
+EXPERIMENTS = {"sigmma": (methods, tables), "st_align": (st_align_methods, st_align_tables)}
+
+
+def experiment(config: ml_collections.ConfigDict):
+    """(methods module, tables module) of the config's family."""
+    return EXPERIMENTS[families.name_of(config)]
+
 
 MAIN = "main"  # the runs of Tables 1, 2 and 4, with the config's own backbone
 
@@ -60,7 +69,8 @@ def n_folds(manifest: dict) -> int:
 def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
     """The runs of config.suite: every method x fold x seed, then Table 3's per backbone."""
     s = config.suite
-    methods.check(s.methods)
+    methods_, _ = experiment(config)
+    methods_.check(s.methods)
     folds = tuple(s.folds) or tuple(range(n_folds(manifest)))
     bad = [f for f in folds if not 0 <= f < n_folds(manifest)]
     if bad:
@@ -68,7 +78,7 @@ def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
     runs = [Run(m, f, seed) for m in s.methods for f in folds for seed in s.seeds]
     for spec in s.backbones:
         name, _ = parse_backbone(spec)
-        runs += [Run(m, f, seed, name) for m in methods.TABLE3 for f in folds for seed in s.seeds]
+        runs += [Run(m, f, seed, name) for m in methods_.TABLE3 for f in folds for seed in s.seeds]
     return runs
 
 
@@ -83,7 +93,7 @@ def shared(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_colle
 
 def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.ConfigDict:
     """The config of one run: the method's changes, the run's seed, fold and backbone."""
-    c = methods.configure(config, run.method)
+    c = experiment(config)[0].configure(config, run.method)
     with c.unlocked():
         c.seed = run.seed
         c.data.split.fold = run.fold
@@ -102,17 +112,6 @@ def _cpu_seconds() -> float:
     return sum(x.ru_utime + x.ru_stime for x in r)
 
 
-def _summary(results: dict) -> str:
-    t = results["trained"]
-    parts = []
-    if "retrieval" in t:
-        parts.append(f"HE→ST R@5 {t['retrieval']['he_to_st']['combined']['R@5']:.3f}")
-    if "probe" in t:
-        parts.append(f"probe PCC tile {t['probe']['pcc_tile_mean']:.3f}")
-        parts.append(f"gene {t['probe']['pcc_gene_mean']:.3f}")
-    return ", ".join(parts)
-
-
 def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Runs (or resumes) the suite and writes the tables; returns tables.json's content."""
     from sigmma_jax.train import loop  # JAX only when something runs
@@ -122,7 +121,8 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     config = shared(config, workdir)
     for spec in config.suite.backbones:  # fail now, not after the first runs
         backbones.read_meta(parse_backbone(spec)[1])
-    manifest = shards.preprocess(config, workdir)
+    family, (_, tables_) = families.get(config), experiment(config)
+    manifest = family.preprocess(config, workdir)
     runs = plan(config, manifest)
     print(f"suite: {len(runs)} runs in {workdir / 'runs'}", flush=True)
     t_suite = time.time()
@@ -141,10 +141,11 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
         seconds = dict(wall=round(time.time() - t0, 1), cpu=round(_cpu_seconds() - cpu0, 1))
         atomic.write_json(out / "time.json", seconds)
         print(
-            f"{label}: {seconds['wall']:.0f} s ({seconds['cpu']:.0f} CPU s), {_summary(results)}",
+            f"{label}: {seconds['wall']:.0f} s ({seconds['cpu']:.0f} CPU s), "
+            f"{tables_.summary(results)}",
             flush=True,
         )
     logging.info("suite ran for %.0f s", time.time() - t_suite)
-    out = tables.write(workdir, runs, config)
+    out = tables_.write(workdir, runs, config)
     print(f"tables: {workdir / 'tables.md'}", flush=True)
     return out

@@ -53,6 +53,18 @@ LABELS = {
 LOWER_IS_BETTER = {"mse_tile"}
 
 
+def summary(results: dict) -> str:
+    """One run's headline numbers, for the suite's progress line."""
+    t = results["trained"]
+    parts = []
+    if "retrieval" in t:
+        parts.append(f"HE→ST R@5 {t['retrieval']['he_to_st']['combined']['R@5']:.3f}")
+    if "probe" in t:
+        parts.append(f"probe PCC tile {t['probe']['pcc_tile_mean']:.3f}")
+        parts.append(f"gene {t['probe']['pcc_gene_mean']:.3f}")
+    return ", ".join(parts)
+
+
 def mean_sd(values) -> list[float]:
     v = np.asarray(values, np.float64)
     return [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]

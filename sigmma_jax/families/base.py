@@ -72,10 +72,20 @@ class Family(abc.ABC):
     # --- model and loss -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def build_model(self, config: ml_collections.ConfigDict, backbone_config: dict | None = None):
-        """(model, the backbone's resolved config): from `backbone_config` (saved with a
-        checkpoint) when given, else from the config (a converted backbone's metadata is read,
-        its weights are not)."""
+    def build_model(
+        self, config: ml_collections.ConfigDict, manifest: dict, resolved: dict | None = None
+    ):
+        """(model, its resolved configuration: what building it again needs, saved with every
+        checkpoint): from `resolved` when given, else from the config and the run's manifest (a
+        converted model's metadata is read, its weights are not)."""
+
+    def check_weights(self, config: ml_collections.ConfigDict) -> None:
+        """Refuses converted weights the config names but that are not there, before any work
+        (their metadata is read, the weights are not)."""
+        from sigmma_jax.models import backbones
+
+        if config.model.backbone_weights:
+            backbones.read_meta(config.model.backbone_weights)
 
     def pretrained(self, config: ml_collections.ConfigDict, params) -> Any:
         """The initial parameters with converted pretrained weights put in (sharded like them)."""
@@ -111,8 +121,10 @@ class Family(abc.ABC):
         manifest: dict,
         embeddings: dict,
         context: dict,
+        results: dict,
     ) -> list[pathlib.Path]:
-        """What a trained run leaves beside its results (predictors, figures); the paths."""
+        """What a trained run leaves beside its results (predictors, figures, per-record outputs
+        taken out of `results`); the paths."""
         return []
 
     def write_report(self, workdir: pathlib.Path, results: dict, history) -> list[pathlib.Path]:

@@ -68,8 +68,9 @@ class SigmmaFamily(Family):
     def zeros_batch(self, manifest, batch):
         return input_pipeline.zeros_batch(manifest, batch)
 
-    def build_model(self, config, backbone_config=None):
-        cfg, kw = backbones.resolve(config.model, backbone_config)
+    def build_model(self, config, manifest=None, resolved=None):
+        """(model, the backbone's resolved config); SIGMMA's shapes need no manifest."""
+        cfg, kw = backbones.resolve(config.model, resolved)
         return sigmma_model.build(config, backbones.build(cfg, **kw)), cfg
 
     def pretrained(self, config, params):
@@ -117,7 +118,7 @@ class SigmmaFamily(Family):
     def context(self, config, manifest, shard_dir):
         return {"genes": genes_lib.select(config, manifest, shard_dir)}  # Task 1's genes
 
-    def finish(self, workdir, config, manifest, embeddings, context):
+    def finish(self, workdir, config, manifest, embeddings, context, results):
         if jax.process_index() != 0:
             return []
         fitted = predictors.fit(

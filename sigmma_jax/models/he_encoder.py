@@ -32,6 +32,12 @@ def multi_crop(images: jax.Array, size: int, scales=SCALES) -> jax.Array:
     return jnp.concatenate(crops, 1)
 
 
+def resize(images: jax.Array, size: int) -> jax.Array:
+    """(B, H, W, C) -> (B, size, size, C), as `multi_crop` resizes a crop (antialiased linear)."""
+    b, _, _, c = images.shape
+    return jax.image.resize(images, (b, size, size, c), "linear")
+
+
 class MultiCrop(nn.Module):
     backbone: nn.Module
     scales = SCALES

@@ -28,7 +28,6 @@ from jax.sharding import Mesh
 from sigmma_jax import atomic, evaluation, families, sharding
 from sigmma_jax.data import shards
 from sigmma_jax.evaluation import inference
-from sigmma_jax.models import backbones
 from sigmma_jax.train import checkpoints, health, metrics, optimizer, run_info
 from sigmma_jax.train import state as state_lib
 from sigmma_jax.train import step as step_lib
@@ -37,9 +36,12 @@ from sigmma_jax.workdir import lock as lock_dir
 INITIAL_RESULTS = "results_initial.json"
 
 
-def build_model(config: ml_collections.ConfigDict, backbone_config: dict | None = None):
-    """The run's model and its backbone's resolved config (`Family.build_model`)."""
-    return families.get(config).build_model(config, backbone_config)
+def build_model(
+    config: ml_collections.ConfigDict, manifest: dict | None = None, resolved: dict | None = None
+):
+    """The run's model and its resolved configuration (`Family.build_model`; SIGMMA: the
+    backbone's), which every checkpoint saves."""
+    return families.get(config).build_model(config, manifest, resolved)
 
 
 def train_batches(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh: Mesh):
@@ -54,7 +56,7 @@ def saved_model(config: ml_collections.ConfigDict, workdir, manifest: dict, mesh
     mngr = checkpoints.manager(pathlib.Path(workdir), config)
     if mngr.latest_step() is None:
         raise FileNotFoundError(f"{pathlib.Path(workdir) / 'checkpoints'}: no checkpoint")
-    model, _ = build_model(config, checkpoints.backbone_config(mngr))
+    model, _ = build_model(config, manifest, checkpoints.backbone_config(mngr))
     tx = optimizer.make_optimizer(config)
     abstract, _ = state_lib.abstract_state(model, tx, config, manifest, mesh)
     return model, abstract, mngr
@@ -122,7 +124,7 @@ def train(
     mngr = checkpoints.manager(workdir, config)
     resumed = mngr.latest_step() is not None
     model, backbone_config = build_model(
-        config, checkpoints.backbone_config(mngr) if resumed else None
+        config, manifest, checkpoints.backbone_config(mngr) if resumed else None
     )
     tx = optimizer.make_optimizer(config)
     evaluate = Evaluator(model, config, workdir, manifest, mesh)
@@ -245,8 +247,8 @@ def train_and_evaluate(
     """
     workdir = pathlib.Path(workdir)
     fresh = not (workdir / "checkpoints").exists()
-    if config.model.backbone_weights and fresh:  # fail now, not after an hour of preprocessing
-        backbones.read_meta(config.model.backbone_weights)
+    if fresh:  # fail now, not after an hour of preprocessing
+        families.get(config).check_weights(config)
     primary = jax.process_index() == 0
     with lock_dir(workdir) if primary else contextlib.nullcontext():
         return _train_and_evaluate(config, workdir, manifest)
@@ -308,7 +310,7 @@ def _train_and_evaluate(
         "eval_seconds": round(time.time() - t0, 1),
         "preprocessing": manifest["report"],
     }
-    files = family.finish(workdir, config, manifest, embeddings, run.evaluate.context)
+    files = family.finish(workdir, config, manifest, embeddings, run.evaluate.context, results)
     if jax.process_index() == 0:
         history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
         files += family.write_report(
