@@ -1,4 +1,5 @@
-"""HEST-1k Xenium samples -> `Slide` (docs/method.md, "Data formats").
+"""HEST-1k Xenium samples -> `Slide` (docs/method.md, "Data formats"); `read_hest` hands Visium
+samples to `visium.read_hest_visium`.
 
 Cell-level counts come from the transcripts table, streamed in record batches (a slide holds
 10^8 transcripts; they are never all in memory), grouped by `cell_id`. Centroids come from the
@@ -144,6 +145,19 @@ def read_centroids(path: pathlib.Path) -> dict[str, tuple[float, float]]:
 
 
 def read_hest(hest_dir: str | pathlib.Path, sample_id: str, min_qv: float = 20.0) -> readers.Slide:
+    """A HEST-1k sample, read as what its metadata's `st_technology` says it is: Xenium cells
+    from the transcripts (`read_hest_xenium`), Visium spots from st/{id}.h5ad
+    (`visium.read_hest_visium`)."""
+    from sigmma_jax.data import visium  # visium imports this module
+
+    if visium.technology(hest_dir, sample_id) == "visium":
+        return visium.read_hest_visium(hest_dir, sample_id)
+    return read_hest_xenium(hest_dir, sample_id, min_qv)
+
+
+def read_hest_xenium(
+    hest_dir: str | pathlib.Path, sample_id: str, min_qv: float = 20.0
+) -> readers.Slide:
     p = sample_paths(hest_dir, sample_id)
     for key in ("wsi", "metadata", "transcripts"):
         if not p[key].exists():

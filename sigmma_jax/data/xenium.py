@@ -20,17 +20,16 @@ import logging
 import pathlib
 
 import numpy as np
-import scipy.sparse as sp
 
 from sigmma_jax.data import readers
+from sigmma_jax.data.tenx import decode_ids as _ids
+from sigmma_jax.data.tenx import read_matrix
 
 Path = pathlib.Path
-GENE_EXPRESSION = b"Gene Expression"
 # A few cell diameters: beyond this the keypoints do not describe one affine transform.
 MAX_KEYPOINT_RMS_UM = 50.0
 PIXEL_SIZE_RTOL = 0.05
 _KEYPOINT_COLUMNS = ("fixedx", "fixedy", "alignmentx", "alignmenty")
-_H5_KEYS = "barcodes data indices indptr shape features/name features/feature_type".split()
 
 
 @dataclasses.dataclass
@@ -164,14 +163,6 @@ def inside(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] < w) & (xy[:, 1] < h)
 
 
-def _ids(values) -> np.ndarray:
-    """Arrow/HDF5 ids (str, bytes or integers) -> numpy str."""
-    a = np.asarray(values)
-    if a.dtype.kind in "SO" and len(a) and isinstance(a.flat[0], bytes):
-        return np.char.decode(a.astype("S"), "utf-8")
-    return a.astype(str)
-
-
 def read_cells(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(cell ids, centroids in µm) in file order, reading only the three columns needed."""
     import pyarrow.parquet as pq
@@ -204,48 +195,6 @@ def read_cells_table(bundle: str | Path):
         raise readers.InputError(f"{path}: cannot read as parquet ({type(e).__name__}: {e})") from e
     df.index = _ids(df.pop("cell_id").to_numpy())
     return df
-
-
-def read_matrix(path: Path) -> tuple[np.ndarray, sp.csr_matrix, np.ndarray, int]:
-    """(barcodes, counts CSR (barcodes x genes), gene names, n non-gene features dropped)."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise readers.InputError(f"{path}: cannot open as HDF5 ({e})") from e
-    with f:
-        missing = [f"matrix/{k}" for k in _H5_KEYS if f"matrix/{k}" not in f]
-        if missing:
-            raise readers.InputError(f"{path}: not a 10x feature-barcode matrix, missing {missing}")
-        g = f["matrix"]
-        n_features, n_cells = (int(v) for v in g["shape"][:2])
-        barcodes = _ids(g["barcodes"][:])
-        names = _ids(g["features/name"][:])
-        kinds = np.asarray(g["features/feature_type"][:]).astype("S")
-        data, indices, indptr = g["data"][:], g["indices"][:], g["indptr"][:]
-    problems = []
-    if len(names) != n_features or len(kinds) != n_features:
-        problems.append(f"shape says {n_features} features, features/ has {len(names)}")
-    if len(barcodes) != n_cells or len(indptr) != n_cells + 1:
-        problems.append(
-            f"shape says {n_cells} cells, barcodes {len(barcodes)}, indptr {len(indptr)}"
-        )
-    if len(data) != len(indices) or (len(indptr) and indptr[-1] != len(data)):
-        problems.append(f"data {len(data)} / indices {len(indices)} / indptr end disagree")
-    if len(indices) and (indices.min() < 0 or indices.max() >= n_features):
-        problems.append("feature indices out of range")
-    if problems:
-        raise readers.InputError(f"{path}: inconsistent matrix: {'; '.join(problems)}")
-    if len(data) and (not np.isfinite(data).all() or data.min() < 0):
-        raise readers.InputError(f"{path}: counts contain negative, NaN or inf values")
-    readers.check_unique(barcodes, path, "barcodes in matrix/barcodes")
-    # CSC with one column per cell is, read the other way round, CSR with one row per cell.
-    counts = sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(n_cells, n_features))
-    gex = np.flatnonzero(kinds == GENE_EXPRESSION)
-    if not len(gex):
-        raise readers.InputError(f"{path}: no feature has feature_type 'Gene Expression'")
-    return barcodes, counts[:, gex].tocsr(), names[gex], n_features - len(gex)
 
 
 def _he_pixel_size(

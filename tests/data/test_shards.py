@@ -224,8 +224,10 @@ def test_hest_configs_stop_at_once_on_a_folder_without_the_samples(tmp_path, nam
     spec.loader.exec_module(mod)
     c = mod.get_config("demo")
     assert c.model.vit.width == 96 and c.train.steps == 400  # ":demo" swapped the model in
-    c.data.hest_dir = str(tmp_path)  # an empty folder: the first sample's WSI is missing
-    with pytest.raises(readers.InputError, match=rf"wsis/{c.data.sample_ids[0]}\.tif: missing"):
+    c.data.hest_dir = str(tmp_path)  # an empty folder: the first sample's metadata is missing
+    with pytest.raises(
+        readers.InputError, match=rf"metadata/{c.data.sample_ids[0]}\.json: missing"
+    ):
         shards.preprocess(c, tmp_path)
 
 
