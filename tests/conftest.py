@@ -59,6 +59,20 @@ def tiny_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_spots(tmp_path_factory):
+    """Four small synthetic Visium slices (two donors) preprocessed once for the session with the
+    tiny ST-Align config: (config, manifest); fold 0 holds out the first donor's two slices."""
+    from support.configs import tiny_st_align_config
+
+    from sigmma_jax import families
+
+    root = tmp_path_factory.mktemp("spots")
+    config = tiny_st_align_config(root / "shards", root / "slides")
+    manifest = families.get(config).preprocess(config, root)
+    return config, manifest
+
+
+@pytest.fixture(scope="session")
 def process_env():
     """The environment of commands the tests start as processes: `tests` importable (configs such
     as tests/support/tiny.py) and the session's compilation cache (module docstring)."""

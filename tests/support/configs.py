@@ -50,3 +50,21 @@ def shrink(c):
     c.suite.steps = tiny.suite.steps
     c.data.update(workers=1, chunk_rows=2)
     return c
+
+
+def tiny_st_align_config(shard_dir="", slides_dir=""):
+    """configs/st_align.py:demo shrunk to seconds: four small synthetic DLPFC-like slices of two
+    donors, every encoder a few thousand parameters, 8-spot batches."""
+    c = load_config("st_align", "demo")
+    c.data.synthetic_visium.update(n_slices=4, size_um=1300.0, n_genes=40, dir=str(slides_dir))
+    c.data.spots.update(crop_px=16, niche_px=16)
+    c.data.update(workers=1, chunk_rows=4, shard_dir=str(shard_dir))
+    c.model.vit.update(dict(img_size=16, patch_size=8, width=32, depth=1, num_heads=2))
+    c.model.spot_image.update(layers=(1, 1, 1, 1), width=8)
+    c.model.scgpt.update(d_model=16, nhead=2, d_hid=32, nlayers=1)
+    c.model.niche_gene.update(tokens=2, width=16, depth=1, heads=2, mlp_dim=32)
+    c.model.abfn.update(tokens=2, width=16, heads=2, ffn_hidden=8, hidden=32)
+    c.model.embed_dim, c.model.fused_dim = 16, 16
+    c.train.update(dict(global_batch=8, steps=6, warmup_steps=2, log_every=1, checkpoint_every=3))
+    c.eval.update(dict(batch=8, domain_seeds=2, domain_pca=8, gene_seeds=1, gene_mlp_max_iter=15))
+    return c
