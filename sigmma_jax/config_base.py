@@ -418,6 +418,8 @@ def st_align_config() -> ml_collections.ConfigDict:
     c.suite = ml_collections.ConfigDict(
         dict(methods=("st_align",), seeds=(0, 1, 2), folds=(), backbones=(), steps=0)
     )
+    # `embed`: a slide's domains when it has no labels to take k from (DLPFC's layers: 7)
+    c.analysis.n_domains = 7
     return c
 
 

@@ -2,11 +2,15 @@
 
     python -m sigmma_jax.embed --run=RUN_DIR --config=CONFIG --out=OUT
 
-CONFIG (with the usual --config.data.* overrides) names the slide in any input format, or only an
-H&E image (configs/generic.py with --config.data.wsi=HE.tif and no cells). The model, gene panel and
-tile settings are the run's. Writes OUT/tiles.h5ad, OUT/cells.h5ad (with cells), and, unless
---nofigures, the Leiden clusters of the cell embeddings per scale (in cells.h5ad), OUT/clusters.json
-and OUT/figures/. How: `sigmma_jax.analysis`.
+CONFIG (with the usual --config.data.* overrides) names the slide in any input format the run's
+model reads. The model, gene panel and tile or spot settings are the run's.
+- A SIGMMA run: the slide's cells, or only an H&E image (configs/generic.py with
+  --config.data.wsi=HE.tif and no cells). Writes OUT/tiles.h5ad, OUT/cells.h5ad (with cells), and,
+  unless --nofigures, the Leiden clusters of the cell embeddings per scale (in cells.h5ad),
+  OUT/clusters.json and OUT/figures/. How: `sigmma_jax.analysis.embed`.
+- An ST-Align run: Visium slides (configs/st_align.py with --config.data.*). Writes OUT/spots.h5ad
+  (embeddings, zero-shot domains, expression predicted from the image) and OUT/figures/. How:
+  `sigmma_jax.analysis.spots`.
 """
 
 import json
@@ -22,6 +26,15 @@ flags.DEFINE_bool("figures", True, "Cluster the cells and draw the figures after
 def main(argv) -> int:
     del argv
     cli.required("run", "config", "out")
+    from sigmma_jax import families
+    from sigmma_jax.train import run_info
+
+    if families.name_of(run_info.read(FLAGS.run)[0]) == "st_align":
+        from sigmma_jax.analysis import spots
+
+        done = spots.embed_spots(FLAGS.run, FLAGS.config, FLAGS.out)
+        logging.info("%s", json.dumps({k: v for k, v in done.items() if k != "preprocessing"}))
+        return 0
     from sigmma_jax.analysis import embed
 
     done = embed.embed_slide(FLAGS.run, FLAGS.config, FLAGS.out)

@@ -43,7 +43,7 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path):
     r = _run("sigmma_jax.main", "--config=configs/generic.py:demo", f"--workdir={tmp_path / 'w'}")
     assert r.returncode == 1
     assert _said(r.stderr) == [  # no usage text before it
-        "error: configs/generic.py needs --config.data.cells=FILE.h5ad and "
+        "error: the generic source needs --config.data.cells=FILE.h5ad and "
         "--config.data.wsi=FILE.tif"
     ]
     r = _run("sigmma_jax.main", "--config=configs/generic.py", f"--workdir={tmp_path / 'w'}")

@@ -35,6 +35,7 @@ def test_demo_config_runs_end_to_end(tiny_run):
     # The run ends by saying where its results are.
     log = (run.parent / "tiny_run.log").read_text().splitlines()
     files = ("results.md", "results.json", "plots/recall.png", "plots/training.png")
+    files += ("predictors.npz",)
     assert log[-1] == "results: " + ", ".join(str(run / f) for f in files)
     assert (
         "evaluating the trained model (retrieval, retrieval_train, probe, knn_expression)"

@@ -65,8 +65,16 @@ def fit(train: dict, genes: list[str], config, eval_genes: np.ndarray) -> Predic
     )
 
 
+def _probe_arrays(p: probe.Probe) -> dict[str, np.ndarray]:
+    return {f"probe_{k}": v for k, v in dataclasses.asdict(p).items()}
+
+
+def _probe_of(z) -> probe.Probe:
+    return probe.Probe(**{f.name: z[f"probe_{f.name}"] for f in dataclasses.fields(probe.Probe)})
+
+
 def save(path: str | os.PathLike, p: Predictors) -> None:
-    arrays = {f"probe_{k}": v for k, v in dataclasses.asdict(p.probe).items()}
+    arrays = _probe_arrays(p.probe)
     arrays.update(
         genes=p.genes.astype(str),
         eval_genes=p.eval_genes,
@@ -81,13 +89,27 @@ def save(path: str | os.PathLike, p: Predictors) -> None:
 
 def load(path: str | os.PathLike) -> Predictors:
     with np.load(path, allow_pickle=False) as z:
-        fields = [f.name for f in dataclasses.fields(probe.Probe)]
         return Predictors(
             genes=z["genes"].astype(str),
             eval_genes=z["eval_genes"],
-            probe=probe.Probe(**{f: z[f"probe_{f}"] for f in fields}),
+            probe=_probe_of(z),
             probe_embedding=str(z["probe_embedding"]),
             knn_keys=z["knn_keys"],
             knn_targets=z["knn_targets"],
             knn_k=int(z["knn_k"]),
         )
+
+
+def save_probe(path: str | os.PathLike, p: probe.Probe, genes, embedding: str) -> None:
+    """A probe alone (ST-Align's expression predictor): its arrays, the genes of its columns and
+    the embedding it reads."""
+    arrays = _probe_arrays(p)
+    arrays.update(genes=np.asarray(genes, str), embedding=np.asarray(embedding))
+    with atomic.open_atomic(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_probe(path: str | os.PathLike) -> tuple[probe.Probe, np.ndarray, str]:
+    """(probe, genes, embedding) of `save_probe`."""
+    with np.load(path, allow_pickle=False) as z:
+        return _probe_of(z), z["genes"].astype(str), str(z["embedding"])

@@ -24,7 +24,7 @@ import numpy as np
 from sigmma_jax import atomic, losses
 from sigmma_jax.data import features, scgpt_tokens, shards, spot_pipeline, spot_shards
 from sigmma_jax.errors import InputError
-from sigmma_jax.evaluation import domains
+from sigmma_jax.evaluation import domains, predictors, probe
 from sigmma_jax.families.base import Family
 from sigmma_jax.families.sigmma import place_backbone_weights
 from sigmma_jax.models import abfn, backbones, niche_expression, resnet, scgpt
@@ -258,20 +258,30 @@ class STAlignFamily(Family):
         )
 
     def finish(self, workdir, config, manifest, embeddings, context, results):
-        """plots/domains.png (each held-out slide's layers beside the clusters of every embedding)
-        and domains_test.csv (each test spot's layer and clusters); the clusters leave
-        results.json, whose numbers are about them."""
+        """predictors.npz (expression from the image embedding, for `embed`), plots/domains.png
+        (each held-out slide's layers beside the clusters of every embedding) and
+        domains_test.csv (each test spot's layer and clusters); the clusters leave results.json,
+        whose numbers are about them."""
         clusters = {
             name: entry["domains"].pop("clusters", None)
             for name, entry in results.items()
             if isinstance(entry, dict) and isinstance(entry.get("domains"), dict)
         }
-        if jax.process_index() != 0 or clusters.get("trained") is None:
+        if jax.process_index() != 0:
             return []
         workdir = pathlib.Path(workdir)
+        paths = [workdir / predictors.FILE]
+        train = embeddings["train"]
+        # HEST-Bench's probe with an intercept (SIGMMA's predictors use the same): image -> the
+        # panel's log1p expression, for slides embedded later (`sigmma_jax.analysis.spots`).
+        key = "image" if "image" in train["emb"] else next(iter(train["emb"]))
+        fitted = probe.fit(train["emb"][key], train["targets"], fit_intercept=True)
+        predictors.save_probe(paths[0], fitted, manifest["genes"], key)
+        if clusters.get("trained") is None:
+            return paths
         full = {**embeddings, **context}
         drawn = dict(results["trained"]["domains"], clusters=clusters["trained"])
-        paths = [domains.draw(full, drawn, workdir / "plots" / "domains.png")]
+        paths.append(domains.draw(full, drawn, workdir / "plots" / "domains.png"))
         paths.append(workdir / "domains_test.csv")
         atomic.write_text(paths[-1], _clusters_csv(full, drawn, manifest))
         return paths

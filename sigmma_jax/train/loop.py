@@ -313,8 +313,8 @@ def _train_and_evaluate(
     files = family.finish(workdir, config, manifest, embeddings, run.evaluate.context, results)
     if jax.process_index() == 0:
         history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
-        files += family.write_report(
+        report = family.write_report(
             workdir, results, metrics.read_history(history) if history.exists() else None
         )
-        logging.info("results: %s", ", ".join(map(str, files)))
+        logging.info("results: %s", ", ".join(map(str, report + files)))
     return results
