@@ -416,7 +416,23 @@ def st_align_config() -> ml_collections.ConfigDict:
     c.eval.gene_groups = tuple(dlpfc.NINE_GENES.items())
     c.eval.gene_panel = "hvg"  # also the whole panel ("none": the nine genes only)
     c.suite = ml_collections.ConfigDict(
-        dict(methods=("st_align",), seeds=(0, 1, 2), folds=(), backbones=(), steps=0)
+        dict(
+            # Tables 1-3: every method, baseline and ablation (sigmma_jax.experiments.st_align_methods)
+            methods=(
+                "frozen_backbone",
+                "expression",
+                "scgpt",
+                "st_align",
+                "clip",
+                "no_ns",
+                "concat",
+                "pretrained_encoders",
+            ),
+            seeds=(0, 1, 2),
+            folds=(),
+            backbones=(),
+            steps=0,
+        )
     )
     # `embed`: a slide's domains when it has no labels to take k from (DLPFC's layers: 7)
     c.analysis.n_domains = 7
@@ -458,6 +474,9 @@ def apply_st_align_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         )
     )
     c.eval.batch = 64
+    # The suite on the first held-out donor only (3 seeds x 8 methods: about an hour on 2 cores);
+    # --config.suite.folds="()" runs every donor.
+    c.suite.folds = (0,)
     return c
 
 

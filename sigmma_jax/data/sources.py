@@ -13,13 +13,17 @@ import ml_collections
 
 from sigmma_jax.data import cell_embeddings, readers
 
+# The generated demo sources: config section -> the workdir folder they are written to when the
+# section's `dir` is empty.
+GENERATED = {"synthetic": "slide", "synthetic_visium": "slides"}
+
 
 def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
     from sigmma_jax.data import synthetic  # only the demo needs the generator
 
     s = d.synthetic
     out = synthetic.write_synthetic_slide(
-        s.dir or workdir / "slide",
+        s.dir or workdir / GENERATED["synthetic"],
         seed=s.seed,
         size_um=s.size_um,
         pixel_size_um=s.pixel_size_um,
@@ -83,7 +87,7 @@ def _synthetic_visium(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> li
 
     s = d.synthetic_visium
     out = synthetic_visium.write_synthetic_visium(
-        s.dir or workdir / "slides",
+        s.dir or workdir / GENERATED["synthetic_visium"],
         seed=s.seed,
         n_slices=s.n_slices,
         slices_per_donor=s.slices_per_donor,

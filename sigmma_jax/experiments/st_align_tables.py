@@ -48,7 +48,7 @@ def summary(results: dict) -> str:
             parts.append(f"{name} ARI {res['overall']['kmeans']['ari_mean']:.3f}")
     for name, res in t.get("spot_expression", {}).get("embeddings", {}).items():
         if "summary" in res and "overall_mse" in res["summary"]:
-            parts.append(f"{name} MSE {res['summary']['overall_mse'][0]:.4f}")
+            parts.append(f"{name} MSE {res['summary']['overall_mse']['mean']:.4f}")
     return ", ".join(parts[:3])
 
 
@@ -109,7 +109,7 @@ def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dic
                 entry[f"ari_{clustering}"] = mean_sd(vals)
         mse = [_genes(r, "image") for r in found]
         if all(m is not None and "overall_mse" in m for m in mse):
-            entry["mse"] = mean_sd([m["overall_mse"][0] for m in mse])
+            entry["mse"] = mean_sd([m["overall_mse"]["mean"] for m in mse])
         table2[label] = entry
     table3: dict[str, dict] = {}
     floor = []
@@ -119,11 +119,11 @@ def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dic
         if not sums:
             continue
         table3[label + note.get(emb, "")] = dict(
-            mse={g: mean_sd([s["mse"][g][0] for s in sums]) for g in sums[0]["mse"]},
+            mse={g: mean_sd([s["mse"][g]["mean"] for s in sums]) for g in sums[0]["mse"]},
             group_mse={
-                g: mean_sd([s["group_mse"][g][0] for s in sums]) for g in sums[0]["group_mse"]
+                g: mean_sd([s["group_mse"][g]["mean"] for s in sums]) for g in sums[0]["group_mse"]
             },
-            overall_mse=mean_sd([s["overall_mse"][0] for s in sums]),
+            overall_mse=mean_sd([s["overall_mse"]["mean"] for s in sums]),
         )
         floor += [
             r["trained"]["spot_expression"]["train_mean"]["summary"]
@@ -133,9 +133,9 @@ def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dic
     if floor and "mse" in floor[0]:
         f = floor[0]
         table3[FLOOR] = dict(
-            mse={g: [v[0], 0.0] for g, v in f["mse"].items()},
-            group_mse={g: [v[0], 0.0] for g, v in f["group_mse"].items()},
-            overall_mse=[f["overall_mse"][0], 0.0],
+            mse={g: [v["mean"], 0.0] for g, v in f["mse"].items()},
+            group_mse={g: [v["mean"], 0.0] for g, v in f["group_mse"].items()},
+            overall_mse=[f["overall_mse"]["mean"], 0.0],
         )
     return dict(
         table1=table1,

@@ -22,7 +22,7 @@ import time
 import ml_collections
 
 from sigmma_jax import atomic, config_check, families
-from sigmma_jax.data import shards
+from sigmma_jax.data import shards, sources
 from sigmma_jax.experiments import methods, st_align_methods, st_align_tables, tables
 from sigmma_jax.models import backbones
 
@@ -83,11 +83,14 @@ def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
 
 
 def shared(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> ml_collections.ConfigDict:
-    """The config with the suite's shared locations: one shard set (and one synthetic slide)."""
+    """The config with the suite's shared locations: one shard set (and one set of generated
+    slides)."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.data.shard_dir = c.data.shard_dir or str(workdir / "shards")
-        c.data.synthetic.dir = c.data.synthetic.dir or str(workdir / "slide")
+        for section, folder in sources.GENERATED.items():
+            if section in c.data:
+                c.data[section].dir = c.data[section].dir or str(workdir / folder)
     return c
 
 

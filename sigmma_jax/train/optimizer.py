@@ -49,8 +49,9 @@ def weight_decay(config: ml_collections.ConfigDict) -> optax.ScalarOrSchedule:
     t = config.train
     if t.weight_decay_end < 0:
         return t.weight_decay
+    # max(.., 1): an untrained run (train.steps = 0, a baseline) still builds its optimizer
     return optax.cosine_decay_schedule(
-        t.weight_decay, t.steps, alpha=t.weight_decay_end / t.weight_decay
+        t.weight_decay, max(t.steps, 1), alpha=t.weight_decay_end / t.weight_decay
     )
 
 
