@@ -73,6 +73,17 @@ def tiny_spots(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_spot_run(tiny_spots, tmp_path_factory):
+    """A tiny ST-Align run trained and evaluated on `tiny_spots`' shards: (run dir, config,
+    results)."""
+    from sigmma_jax.train import loop
+
+    config, _ = tiny_spots
+    run = tmp_path_factory.mktemp("spot_run") / "run"
+    return run, config, loop.train_and_evaluate(config, run)
+
+
+@pytest.fixture(scope="session")
 def process_env():
     """The environment of commands the tests start as processes: `tests` importable (configs such
     as tests/support/tiny.py) and the session's compilation cache (module docstring)."""

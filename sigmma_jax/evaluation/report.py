@@ -168,8 +168,9 @@ def _own_tables(results: dict, models: list[str]) -> list[str]:
     for m in models:
         for name, result in results[m].items():
             render = getattr(EVALUATORS.get(name), "markdown", None)
-            if render is not None:
-                lines += [f"## {name} ({m})", ""] + render(result) + [""]
+            if render is not None:  # its sections one level under the model's
+                own = [f"#{line}" if line.startswith("#") else line for line in render(result)]
+                lines += [f"## {name} ({m})", ""] + own + [""]
     return lines
 
 
