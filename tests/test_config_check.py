@@ -6,7 +6,9 @@ from support.configs import load_config, tiny_config
 from sigmma_jax import config_check, losses
 
 
-@pytest.mark.parametrize("name", ["demo", "default", "generic", "luad", "idc", "xenium"])
+@pytest.mark.parametrize(
+    "name", ["demo", "default", "generic", "luad", "idc", "xenium", "st_align"]
+)
 def test_the_repository_configs_are_valid(name):
     config_check.validate(load_config(name))
     config_check.validate(load_config(name, "demo"))
@@ -119,3 +121,54 @@ def test_allowed_names_come_from_the_registries(monkeypatch):
         config_check.validate(c)
     monkeypatch.setitem(losses.LOSSES, "a_new_loss", losses.LOSSES["info_nce"])
     config_check.validate(c)  # registered: valid, with no list to update here
+
+
+@pytest.mark.parametrize(
+    "key,value,hint",
+    [
+        ("model.variant", "clip_", "clip"),
+        ("model.fusion", "concatenate", "concat"),
+        ("model.encoders", "pretrain", "pretrained"),
+        ("train.negatives", "other_cluster", "other_clusters"),
+        ("suite.methods", ("st_align", "no_nss"), "no_ns"),
+    ],
+)
+def test_st_align_names_are_checked_against_its_registries(key, value, hint):
+    c = load_config("st_align", "demo")
+    _set(c, key, value)
+    with pytest.raises(config_check.ConfigError) as e:
+        config_check.validate(c)
+    bad = value[-1] if isinstance(value, tuple) else value
+    assert str(e.value).startswith(f"config.{key} = {bad!r}: expected one of ")
+    assert str(e.value).endswith(f"(did you mean {hint!r}?)")
+
+
+def test_st_align_loss_weights_scgpt_and_evaluators_of_the_family():
+    def error(**changes):
+        c = load_config("st_align", "demo")
+        for k, v in changes.items():
+            _set(c, k.replace("__", "."), v)
+        with pytest.raises(config_check.ConfigError) as e:
+            config_check.validate(c)
+        return str(e.value)
+
+    for w in [(0.6, 0.6), (-0.1, 0.5), (0.5,)]:
+        assert error(train__loss_weights=w).startswith(
+            f"config.train.loss_weights = {w!r}: must be"
+        )
+    msg = error(model__scgpt__mode="frozen")
+    assert msg.startswith("config.model.scgpt.mode = 'frozen' needs converted weights")
+    msg = error(evals=("domains", "retrieval"))
+    assert "'retrieval' cannot evaluate a st_align model" in msg
+    assert "its evaluators are 'domains', 'spot_expression'" in msg
+    # and SIGMMA's runs cannot take ST-Align's evaluators
+    c = tiny_config()
+    c.evals = ("retrieval", "domains")
+    with pytest.raises(config_check.ConfigError, match="'domains' cannot evaluate a sigmma model"):
+        config_check.validate(c)
+    msg = error(train__weight_decay=0.0, train__weight_decay_end=0.4)
+    assert msg.startswith("config.train.weight_decay = 0.0: must be > 0 for a schedule to end")
+    # the ablation without L_NS is valid: λ1 + λ2 = 1
+    c = load_config("st_align", "demo")
+    c.train.loss_weights = (0.5, 0.5)
+    config_check.validate(c)

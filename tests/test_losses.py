@@ -90,3 +90,100 @@ def test_bleep_loss_matches_numpy():
     aligned = float(losses.soft_target_clip(jnp.asarray(a), jnp.asarray(a), 1.0))
     shuffled = float(losses.soft_target_clip(jnp.asarray(a), jnp.asarray(a[::-1]), 1.0))
     assert aligned < shuffled
+
+
+# --------------------------------------------------------------------------- ST-Align (§3.4)
+
+
+def _numpy_masked_ce(logits, mask):
+    """Row i against column i over the columns `mask` keeps, written out as a loop."""
+    out = []
+    for i in range(len(logits)):
+        row = logits[i][mask[i]]
+        out.append(-(logits[i, i] - row.max() - np.log(np.exp(row - row.max()).sum())))
+    return float(np.mean(out))
+
+
+def _numpy_one_per_cluster(cluster, pick):
+    b = len(cluster)
+    mask = np.eye(b, dtype=bool)
+    for i in range(b):
+        for c in set(cluster) - {cluster[i]}:
+            members = np.flatnonzero(cluster == c)
+            mask[i, members[np.argmax(pick[i, members])]] = True
+    return mask
+
+
+def test_one_per_cluster_keeps_the_partner_and_one_member_of_each_other_cluster():
+    rng = np.random.default_rng(2)
+    for b, n_clusters in [(12, 3), (16, 7), (9, 1), (8, 8)]:
+        cluster = rng.integers(0, n_clusters, b) * 1024 + 5  # ids as the model makes them
+        pick = rng.uniform(size=(b, b))
+        got = np.asarray(losses.one_per_cluster(jnp.asarray(cluster), jnp.asarray(pick)))
+        want = _numpy_one_per_cluster(cluster, pick)
+        np.testing.assert_array_equal(got, want)
+        # one negative per other cluster present: each row keeps 1 + (clusters present - 1)
+        assert (got.sum(1) == len(set(cluster))).all()
+
+
+def test_masked_contrastive_and_one_way_match_numpy():
+    rng = np.random.default_rng(3)
+    b, d, t = 10, 6, 0.1
+    a, g = _unit(rng.normal(size=(b, d))), _unit(rng.normal(size=(b, d)))
+    cluster = rng.integers(0, 3, b)
+    m_ab = _numpy_one_per_cluster(cluster, rng.uniform(size=(b, b)))
+    m_ba = _numpy_one_per_cluster(cluster, rng.uniform(size=(b, b)))
+    logits = a @ g.T / t
+    want = 0.5 * (_numpy_masked_ce(logits, m_ab) + _numpy_masked_ce(logits.T, m_ba))
+    got = losses.contrastive(*map(jnp.asarray, (a, g)), t, jnp.asarray(m_ab), jnp.asarray(m_ba))
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    # without masks: the whole batch, i.e. SIGMMA's InfoNCE
+    np.testing.assert_allclose(
+        float(losses.contrastive(jnp.asarray(a), jnp.asarray(g), t)),
+        _numpy_info_nce(a, g, t),
+        rtol=1e-5,
+    )
+    full = np.ones((b, b), bool)
+    np.testing.assert_allclose(
+        float(losses.one_way(jnp.asarray(a), jnp.asarray(g), t)),
+        _numpy_masked_ce(logits, full),
+        rtol=1e-5,
+    )
+    # fewer negatives, an easier task: the masked loss is never above the full one
+    assert float(losses.one_way(jnp.asarray(a), jnp.asarray(g), t, jnp.asarray(m_ab))) <= (
+        _numpy_masked_ce(logits, full) + 1e-6
+    )
+
+
+def test_st_align_loss_weighs_its_three_terms_as_eq_12():
+    rng = np.random.default_rng(4)
+    b, d = 8, 5
+    out = {
+        k: jnp.asarray(_unit(rng.normal(size=(b, d))))
+        for k in ("spot_image", "spot_gene", "niche_image", "niche_gene")
+        + ("fused_spot", "fused_niche")
+    }
+    out["temperature"] = jnp.asarray(0.2)
+    n = lambda k: np.asarray(out[k], np.float64)  # noqa: E731
+    spot = _numpy_info_nce(n("spot_image"), n("spot_gene"), 0.2)
+    niche = _numpy_info_nce(n("niche_image"), n("niche_gene"), 0.2)
+    ns = _numpy_masked_ce(n("fused_spot") @ n("fused_niche").T / 0.2, np.ones((b, b), bool))
+    for l1, l2 in [(0.3, 0.3), (0.5, 0.5), (0.2, 0.1)]:
+        total, per = losses.st_align(out, (l1, l2))
+        np.testing.assert_allclose(
+            [float(per[k]) for k in ("spot", "niche", "ns")], [spot, niche, ns], rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            float(total), l1 * spot + l2 * niche + (1 - l1 - l2) * ns, rtol=1e-5
+        )
+    # with negatives: the same masks for the spot and niche terms, the first for L_NS
+    cluster = jnp.asarray(rng.integers(0, 3, b))
+    pick = jnp.asarray(rng.uniform(size=(2, b, b)))
+    _, per = losses.st_align(dict(out, negatives=dict(cluster=cluster, pick=pick)), (0.3, 0.3))
+    m0 = _numpy_one_per_cluster(np.asarray(cluster), np.asarray(pick[0]))
+    m1 = _numpy_one_per_cluster(np.asarray(cluster), np.asarray(pick[1]))
+    logits = n("spot_image") @ n("spot_gene").T / 0.2
+    want = 0.5 * (_numpy_masked_ce(logits, m0) + _numpy_masked_ce(logits.T, m1))
+    np.testing.assert_allclose(float(per["spot"]), want, rtol=1e-5)
+    ns_masked = _numpy_masked_ce(n("fused_spot") @ n("fused_niche").T / 0.2, m0)
+    np.testing.assert_allclose(float(per["ns"]), ns_masked, rtol=1e-5)
