@@ -71,10 +71,11 @@ def _cells_id(s: readers.Slide) -> str:
 
 
 def with_split(manifest: dict, split: ml_collections.ConfigDict) -> dict:
-    """The manifest with the tiles split by `split` (data.split): `split_config`, each tile's
-    `split`, the record indices per split, `folds` (the held-out groups of samples when split by
-    sample, else []) and the split sizes in the report. Nothing is read or written, so runs that
-    share one shard set can each hold their own split (sigmma_jax.experiments)."""
+    """The manifest with its records (tiles, spots) split by `split` (data.split): `split_config`,
+    each record's `split`, the record indices per split, `folds` (the held-out groups of samples
+    when split by sample, else []) and the split sizes in the report (`split_tiles`,
+    `split_spots`). Nothing is read or written, so runs that share one shard set can each hold
+    their own split (sigmma_jax.experiments)."""
     slides = manifest["slides"]
     tiles = [{k: v for k, v in t.items() if k != "split"} for t in items(manifest)]
     split_of = splits.make_splits(tiles, slides, split, manifest.get("groups"))
@@ -85,9 +86,10 @@ def with_split(manifest: dict, split: ml_collections.ConfigDict) -> dict:
         **{unit(manifest): [dict(t, split=s) for t, s in zip(tiles, split_of)]},
         splits={n: [i for i, s in enumerate(split_of) if s == n] for n in ("train", "val", "test")},
         folds=splits.sample_folds(slides, manifest.get("groups")) if by_sample else [],
-        report=dict(
-            manifest["report"], split_tiles={n: split_of.count(n) for n in ("train", "val", "test")}
-        ),
+        report={
+            **manifest["report"],
+            f"split_{unit(manifest)}": {n: split_of.count(n) for n in ("train", "val", "test")},
+        },
     )
 
 

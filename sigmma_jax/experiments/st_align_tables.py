@@ -26,10 +26,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from sigmma_jax import atomic
 from sigmma_jax.evaluation import report
 from sigmma_jax.experiments import st_align_methods as methods
-from sigmma_jax.experiments.tables import mean_sd, read_run
+from sigmma_jax.experiments.tables import finished_runs, mean_sd, write_files
 
 if TYPE_CHECKING:
     from sigmma_jax.experiments.suite import Run
@@ -296,16 +295,14 @@ def plots(tables: dict, out_dir: pathlib.Path) -> None:
 def write(workdir: str | pathlib.Path, runs: list[Run], config: ml_collections.ConfigDict) -> dict:
     """Writes the tables of the finished `runs`; tables.json last (its presence: all written)."""
     workdir = pathlib.Path(workdir)
-    finished, times = {}, {}
-    for r in runs:
-        if (workdir / r.path / "results.json").exists():
-            finished[r], times[r] = read_run(workdir, r)
-    if not finished:
-        raise ValueError(f"no finished run under {workdir / 'runs'}")
+    finished, times = finished_runs(workdir, runs)
     tables = collect(finished, config)
-    atomic.write_text(workdir / "tables.md", markdown(tables, finished, config))
-    atomic.write_text(workdir / "tables.csv", csv_text(tables))
-    atomic.write_text(workdir / "runs.csv", runs_csv(finished, times))
-    plots(tables, workdir / "plots")
-    atomic.write_json(workdir / "tables.json", tables, indent=2)
+    write_files(
+        workdir,
+        tables,
+        markdown(tables, finished, config),
+        csv_text(tables),
+        runs_csv(finished, times),
+        plots,
+    )
     return tables

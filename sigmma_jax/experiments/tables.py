@@ -415,19 +415,38 @@ def plots(tables: dict, out_dir: pathlib.Path) -> None:
         report.save_png(fig, out_dir / f"{name}.png")
 
 
-def write(workdir: str | pathlib.Path, runs: list[Run], config: ml_collections.ConfigDict) -> dict:
-    """Writes the tables of the finished `runs`; tables.json last (its presence: all written)."""
-    workdir = pathlib.Path(workdir)
+def finished_runs(workdir: pathlib.Path, runs: list[Run]) -> tuple[dict, dict]:
+    """(results, times) of the `runs` whose results.json exists; refuses a suite with none."""
     finished, times = {}, {}
     for r in runs:
         if (workdir / r.path / "results.json").exists():
             finished[r], times[r] = read_run(workdir, r)
     if not finished:
         raise ValueError(f"no finished run under {workdir / 'runs'}")
-    tables = collect(finished)
-    atomic.write_text(workdir / "tables.md", markdown(tables, finished, config))
-    atomic.write_text(workdir / "tables.csv", csv_text(tables))
-    atomic.write_text(workdir / "runs.csv", runs_csv(finished, times))
-    plots(tables, workdir / "plots")
+    return finished, times
+
+
+def write_files(workdir: pathlib.Path, tables: dict, md: str, csv: str, runs: str, plot) -> None:
+    """tables.md, tables.csv, runs.csv, plots/ (`plot(tables, dir)`), then tables.json last: its
+    presence says all were written."""
+    atomic.write_text(workdir / "tables.md", md)
+    atomic.write_text(workdir / "tables.csv", csv)
+    atomic.write_text(workdir / "runs.csv", runs)
+    plot(tables, workdir / "plots")
     atomic.write_json(workdir / "tables.json", tables, indent=2)
+
+
+def write(workdir: str | pathlib.Path, runs: list[Run], config: ml_collections.ConfigDict) -> dict:
+    """Writes the tables of the finished `runs`; tables.json last (its presence: all written)."""
+    workdir = pathlib.Path(workdir)
+    finished, times = finished_runs(workdir, runs)
+    tables = collect(finished)
+    write_files(
+        workdir,
+        tables,
+        markdown(tables, finished, config),
+        csv_text(tables),
+        runs_csv(finished, times),
+        plots,
+    )
     return tables
