@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.allow_non_integer_counts = False
     d.hest_dir = ""
     d.sample_ids = ()
+    # Held-out groups of samples ("SAMPLE=GROUP", e.g. a donor) where the metadata names none or
+    # the wrong one: HEST's DLPFC samples name no patient, so each slice would be its own fold and
+    # a donor's other slices would train (spatialLIBD: 3 donors of 4 slices).
+    d.sample_groups = ()
     d.min_qv = 20.0  # HEST transcripts below this Phred quality are not counted
     d.xenium_dir = ""  # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
     d.alignment = ""  # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV

@@ -218,17 +218,17 @@ def _preprocess(
                 f"{out_dir} holds shards made with other preprocessing settings or slides (hash "
                 f"{old['shard_hash']} != {h}); point --config.data.shard_dir elsewhere or delete it"
             )
-        if old["split_config"] == split_cfg:
+        groups = splits.sample_groups(slides)
+        if old["split_config"] == split_cfg and old.get("groups") == groups:
             logging.info("shards up to date in %s (%d %s)", out_dir, len(items(old)), kind.unit)
             problem = validate.split_problem([t["split"] for t in items(old)], config, unit(old))
             if problem:
                 raise readers.InputError(f"{out_dir}: {problem}")
             return old
-        # Only the split changed: refused as a fresh split would be, else recorded.
-        validate.split_tiles(
-            items(old), old["slides"], config, groups=old.get("groups"), unit=unit(old)
-        )
-        manifest = with_split(old, d.split)
+        # Only the split (or the samples' groups) changed: refused as a fresh split would be,
+        # else recorded.
+        validate.split_tiles(items(old), old["slides"], config, groups=groups, unit=unit(old))
+        manifest = with_split(dict(old, groups=groups), d.split)
         atomic.write_json(manifest_path, manifest)
         return manifest
     _remove_unfinished(out_dir, h)

@@ -6,6 +6,7 @@ reader module and one entry in `SOURCES`.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Callable
 
@@ -164,6 +165,7 @@ def load_slides(
             f"unknown data.source {source!r}; expected one of {sorted(SOURCES)}"
         )
     slides = SOURCES[source](config.data, pathlib.Path(workdir))
+    _regroup(slides, config.data.get("sample_groups", ()))
     if _spots(config.data):
         if config.data.get("labels"):  # ground truth for evaluation (spatialLIBD's layers...)
             from sigmma_jax.data import visium
@@ -172,6 +174,35 @@ def load_slides(
     else:
         cell_embeddings.attach(slides, config.data)
     return slides
+
+
+def _regroup(slides: list[readers.Slide], spec) -> None:
+    """data.sample_groups ("SAMPLE=GROUP" each) over the groups the metadata gave; a sample left
+    without a group while others share one is said once (it is held out alone)."""
+    names = {s.name for s in slides}
+    for entry in spec:
+        sample, sep, group = str(entry).partition("=")
+        if not sep or not group:
+            raise readers.InputError(
+                f"data.sample_groups entry {entry!r}: expected SAMPLE=GROUP (e.g. 151507=Br5292)"
+            )
+        if sample not in names:
+            raise readers.InputError(
+                f"data.sample_groups names {sample!r}, which is not one of the slides "
+                f"({', '.join(sorted(names))})"
+            )
+        for s in slides:
+            if s.name == sample:
+                s.group = group
+    alone = [s.name for s in slides if not s.group]
+    if alone and len(slides) > 1:
+        logging.warning(
+            "%d of %d samples name no patient or donor (%s): each is held out as a group of its "
+            "own, so a donor's other samples may train; --config.data.sample_groups sets them",
+            len(alone),
+            len(slides),
+            ", ".join(alone[:5]) + (", ..." if len(alone) > 5 else ""),
+        )
 
 
 def _obs_or_none(config: ml_collections.ConfigDict, workdir) -> list | None:

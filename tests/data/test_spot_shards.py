@@ -79,6 +79,31 @@ def test_a_rerun_reuses_the_shards(tiny_spots, tmp_path):
     assert again["shard_hash"] == manifest["shard_hash"] and again["spots"] == manifest["spots"]
 
 
+def test_sample_groups_regroup_the_folds_without_preprocessing_again(tiny_spots, tmp_path):
+    """data.sample_groups names the donors the metadata lacks (HEST's DLPFC): the folds follow, the
+    shards are kept; a sample not among the slides, or an entry without '=', is one line."""
+    import shutil
+
+    config, manifest = tiny_spots
+    c = config.copy_and_resolve_references()
+    c.data.shard_dir = str(tmp_path / "shards")
+    shutil.copytree(config.data.shard_dir, c.data.shard_dir)
+    c.data.sample_groups = ("SYN01=x", "SYN02=y", "SYN03=x", "SYN04=y")
+    again = families.get(c).preprocess(c, tmp_path)
+    assert again["shard_hash"] == manifest["shard_hash"] and again["shards"] == manifest["shards"]
+    assert again["folds"] == [["SYN01", "SYN03"], ["SYN02", "SYN04"]]
+    test = {shards.items(again)[i]["slide"] for i in again["splits"]["test"]}
+    assert test == {"SYN01", "SYN03"}
+    assert shards.read_manifest(c.data.shard_dir)["folds"] == again["folds"]  # recorded
+    for bad, says in (
+        ("SYN09=x", "'SYN09', which is not one of the slides"),
+        ("SYN01", "SAMPLE=GROUP"),
+    ):
+        c.data.sample_groups = (bad,)
+        with pytest.raises(InputError, match=says):
+            families.get(c).preprocess(c, tmp_path)
+
+
 def test_hvg_panel_is_scanpys_selection_across_slides_plus_the_kept_genes():
     import anndata
     import scanpy as sc
