@@ -2,6 +2,7 @@
 
   python -m sigmma_jax.check_data HEST_DIR                            # a HEST-1k download
   python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR [HE.tif ALIGN.csv] # a raw Xenium bundle
+  python -m sigmma_jax.check_data SPACERANGER_DIR [HE.tif]            # Space Ranger outs/
   python -m sigmma_jax.check_data CELLS.h5ad HE.tif                   # the generic format
   python -m sigmma_jax.check_data --config=configs/X.py [--config.data.*=...]  # what a run reads
 
@@ -9,8 +10,10 @@ A HEST folder or a Xenium bundle alone is listed from headers and metadata (quic
 H&E, and any `--config`, are checked as the run checks them, with the same functions: the config's
 values, the reader (counts, ids, centroids, pixel size), where the cells fall against the tissue,
 the tile grid, and whether the split leaves a global batch of training tiles and some test tiles
-(counted before the tissue filter, which needs every tile's pixels). Without `--config` the
-defaults of configs/default.py apply.
+(counted before the tissue filter, which needs every tile's pixels). Visium spots (HEST's Visium
+samples, Space Ranger output, an ST-Align config) are checked as ST-Align's preprocessing checks
+them: spots with counts over the panel, labels, niches, and the split of spots. Without `--config`
+the defaults of configs/default.py (cells) or configs/st_align.py (spots) apply.
 
 Exits 0 when everything found is usable, 1 otherwise.
 """
@@ -52,24 +55,61 @@ def _parquet(path: pathlib.Path, need: tuple[str, ...]) -> tuple[bool, str]:
     return (not missing), info + (f"; MISSING columns {missing}" if missing else "")
 
 
+def _technology(root: pathlib.Path, sid: str) -> str:
+    """A HEST sample's platform for the listing: its metadata's, else what its files say."""
+    from sigmma_jax.data import visium
+
+    try:
+        return visium.technology(root, sid)
+    except readers.InputError:
+        return "visium" if visium.hest_visium_paths(root, sid)["st"].exists() else "xenium"
+
+
+def _h5ad(path: pathlib.Path) -> tuple[bool, str]:
+    import anndata
+
+    try:
+        a = anndata.read_h5ad(path, backed="r")
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return False, f"unreadable ({type(e).__name__}: {e})"
+    try:
+        ok = "spatial" in a.obsm
+        return ok, f"{a.n_obs:,} spots x {a.n_vars:,} genes" + (
+            "" if ok else ", NO obsm['spatial']"
+        )
+    finally:
+        a.file.close()
+
+
 def check_hest(root: pathlib.Path) -> bool:
+    from sigmma_jax.data import visium
+
     ids = sorted(
         {p.stem for p in (root / "wsis").glob("*.tif")}
         | {
             p.name.removesuffix("_transcripts.parquet")
             for p in (root / "transcripts").glob("*_transcripts.parquet")
         }
+        | {p.stem for p in (root / "st").glob("*.h5ad")}
     )
     if not ids:
-        print(f"{root}: no wsis/*.tif or transcripts/*_transcripts.parquet: not a HEST folder")
+        print(
+            f"{root}: no wsis/*.tif, st/*.h5ad or transcripts/*_transcripts.parquet: not a HEST "
+            "folder"
+        )
         return False
-    all_ok = True
+    all_ok, usable = True, {"xenium": [], "visium": []}
     for sid in ids:
-        p = hest.sample_paths(root, sid)
+        tech = _technology(root, sid)
+        if tech == "visium":
+            p, keys, optional = visium.hest_visium_paths(root, sid), ("wsi", "metadata", "st"), ()
+        else:
+            p = hest.sample_paths(root, sid)
+            keys, optional = ("wsi", "metadata", "transcripts", "cell_seg"), ("cell_seg",)
         lines, ok = [], True
-        for key in ("wsi", "metadata", "transcripts", "cell_seg"):
+        for key in keys:
             if not p[key].exists():
-                required = key != "cell_seg"
+                required = key not in optional
                 ok &= not required
                 lines.append(
                     f"  {key:12s} {'MISSING' if required else 'absent'}: {p[key]}"
@@ -83,23 +123,24 @@ def check_hest(root: pathlib.Path) -> bool:
                 good, info = bool(ps), f"pixel_size_um_estimated = {ps}" if ps else "NO pixel size"
             elif key == "transcripts":
                 good, info = _parquet(p[key], ("cell_id", "feature_name", "qv", "he_x", "he_y"))
+            elif key == "st":
+                good, info = _h5ad(p[key])
             else:
                 good, info = _parquet(p[key], ("geometry",))
             ok &= good
             lines.append(f"  {key:12s} {'ok' if good else 'BAD'}: {info}")
-        print(f"{sid}: {'usable' if ok else 'NOT usable'}")
+        print(f"{sid} ({tech}): {'usable' if ok else 'NOT usable'}")
         print("\n".join(lines))
         all_ok &= ok
-    usable = [
-        s
-        for s in ids
-        if all(hest.sample_paths(root, s)[k].exists() for k in ("wsi", "metadata", "transcripts"))
-    ]
-    if usable:
-        print(
-            f"\nrun: python -m sigmma_jax.main --config=configs/default.py --config.data.source=hest "
-            f"--config.data.hest_dir={root} --config.data.sample_ids='{tuple(usable)}' --workdir=W"
-        )
+        if ok:
+            usable[tech].append(sid)
+    for tech, config in (("xenium", "default"), ("visium", "st_align")):
+        if usable[tech]:
+            print(
+                f"\nrun ({tech}): python -m sigmma_jax.main --config=configs/{config}.py "
+                f"--config.data.source=hest --config.data.hest_dir={root} "
+                f'--config.data.sample_ids="{tuple(usable[tech])}" --workdir=W'
+            )
     return all_ok
 
 
@@ -174,11 +215,17 @@ def check_alignment(
     )
 
 
-def _config(config: ml_collections.ConfigDict | None, **data) -> ml_collections.ConfigDict:
-    """A copy of `config` (configs/default.py's defaults when None) reading `data`."""
+def _config(
+    config: ml_collections.ConfigDict | None, spots: bool = False, **data
+) -> ml_collections.ConfigDict:
+    """A copy of `config` (the defaults of configs/default.py, or of configs/st_align.py for
+    `spots`, when None) reading `data`."""
     from sigmma_jax import config_base
 
-    c = config_base.base_config() if config is None else ml_collections.ConfigDict(config.to_dict())
+    if config is None:
+        c = config_base.st_align_config() if spots else config_base.base_config()
+    else:
+        c = ml_collections.ConfigDict(config.to_dict())
     c.data.update(data)
     return c
 
@@ -189,6 +236,8 @@ def check_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
     The config's values are checked by the command (`sigmma_jax.check_data`)."""
     from sigmma_jax.data import sources, validate
 
+    if sources.is_spots(config.data):
+        return check_spots(config, workdir)
     try:
         with tempfile.TemporaryDirectory() as tmp:  # the synthetic source writes its slide
             slides = sources.load_slides(config, workdir or tmp)
@@ -217,6 +266,58 @@ def check_run(config: ml_collections.ConfigDict, workdir: str | None = None) -> 
     return True
 
 
+def check_spots(config: ml_collections.ConfigDict, workdir: str | None = None) -> bool:
+    """`check_run` for spots (ST-Align): the slides read, the panel chosen, each slide's spots
+    surveyed (counts, labels, niches) and the split of spots refused as preprocessing refuses it."""
+    from sigmma_jax.data import sources
+    from sigmma_jax.data.spot_shards import SPOTS
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # the demo source writes its slides
+            slides = sources.load_slides(config, workdir or tmp)
+            panel, dropped = SPOTS.panel(slides, None, config)
+            reports, _, _ = SPOTS.plan(slides, panel, dropped, config, "", pathlib.Path(tmp))
+    except readers.InputError as e:
+        print(f"NOT usable: {e}")
+        return False
+    for s in slides:
+        r = reports[s.name]
+        labelled = f"{r['spots_labelled']:,} labelled ({len(r['labels'])} labels)"
+        print(
+            f"{s.name}: {r['spots_total']:,} spots ({r['spots_zero_counts']} without counts over "
+            f"the panel), {labelled}; {s.wsi_path.name}: {s.image_shape[1]}x{s.image_shape[0]} px "
+            f"at {s.pixel_size_um:.4f} µm/px; spot {r['spot_diameter_um']:g} µm; niche reach "
+            f"{r['niche_reach_um']:.0f} µm"
+        )
+        if s.report:
+            print(f"  reader: {json.dumps(s.report, default=str)}")
+    print(
+        f"panel: {len(panel)} genes; train.global_batch {config.train.global_batch}: usable "
+        "(the split of spots passed)"
+    )
+    return True
+
+
+def check_spaceranger(
+    path: pathlib.Path, wsi: pathlib.Path | None, config: ml_collections.ConfigDict | None
+) -> bool:
+    """Space Ranger output: its outs/ folders listed; with the H&E (or data.wsi in `config`), read
+    as a run reads it."""
+    from sigmma_jax.data import visium
+
+    try:
+        outs = visium.find_outs(path)
+    except readers.InputError as e:
+        print(f"NOT usable: {e}")
+        return False
+    for o in outs:
+        print(f"{o}: Space Ranger outs/ ({visium.MATRIX}, spatial/)")
+    image = str(wsi) if wsi is not None else (config.data.get("wsi", "") if config else "")
+    return check_run(
+        _config(config, spots=True, source="spaceranger", spaceranger_dir=str(path), wsi=image)
+    )
+
+
 def check(
     paths: list[str], config: ml_collections.ConfigDict | None = None, workdir: str | None = None
 ) -> bool:
@@ -233,10 +334,22 @@ def check(
     if (path / "experiment.xenium").exists():
         extra = [pathlib.Path(p) for p in paths[1:3]]
         return check_xenium(path, *extra, config=config) if len(extra) == 2 else check_xenium(path)
+    if _is_spaceranger(path):
+        wsi = pathlib.Path(paths[1]) if len(paths) > 1 else None
+        return check_spaceranger(path, wsi, config)
     ok = check_hest(path)
     if ok and config is not None:  # the whole cohort, read as the run reads it
         ok = check_run(_config(config, source="hest", hest_dir=str(path)), workdir)
     return ok
+
+
+def _is_spaceranger(path: pathlib.Path) -> bool:
+    from sigmma_jax.data import visium
+
+    return any(
+        (d / visium.MATRIX).exists() and (d / "spatial").is_dir()
+        for d in (path, path / "outs", *path.glob("*/outs"))
+    )
 
 
 def _check_files(paths: list[pathlib.Path], config: ml_collections.ConfigDict | None) -> bool:

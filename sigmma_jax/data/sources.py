@@ -34,7 +34,7 @@ def _synthetic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[read
     return [readers.read_generic(out.cells, out.wsi, name="synthetic")]
 
 
-def _spots(d: ml_collections.ConfigDict) -> bool:
+def is_spots(d: ml_collections.ConfigDict) -> bool:
     """A config for spots (ST-Align's: it has data.spots): the generic source reads spots."""
     return "spots" in d
 
@@ -44,7 +44,7 @@ def _generic(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[reader
         raise readers.InputError(
             "the generic source needs --config.data.cells=FILE.h5ad and --config.data.wsi=FILE.tif"
         )
-    if _spots(d):
+    if is_spots(d):
         from sigmma_jax.data import visium
 
         return [
@@ -166,7 +166,7 @@ def load_slides(
         )
     slides = SOURCES[source](config.data, pathlib.Path(workdir))
     _regroup(slides, config.data.get("sample_groups", ()))
-    if _spots(config.data):
+    if is_spots(config.data):
         if config.data.get("labels"):  # ground truth for evaluation (spatialLIBD's layers...)
             from sigmma_jax.data import visium
 

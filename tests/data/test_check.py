@@ -12,13 +12,13 @@ def test_reports_a_usable_hest_folder_and_what_is_missing(tmp_path, capsys):
     sample(tmp_path, "TENX141", seed=1)
     assert check.check([str(tmp_path / "hest")])
     out = capsys.readouterr().out
-    assert "TENX118: usable" in out and "TENX141: usable" in out
+    assert "TENX118 (xenium): usable" in out and "TENX141 (xenium): usable" in out
     assert "pixel_size_um_estimated = 0.2737" in out and "1200x1200 px, 2 level(s)" in out
-    assert "sample_ids='('TENX118', 'TENX141')'" in out
+    assert """--config.data.sample_ids="('TENX118', 'TENX141')\"""" in out
     (tmp_path / "hest" / "transcripts" / "TENX141_transcripts.parquet").unlink()
     assert check.check([str(tmp_path / "hest")]) is False
     out = capsys.readouterr().out
-    assert "TENX141: NOT usable" in out and "transcripts  MISSING" in out
+    assert "TENX141 (xenium): NOT usable" in out and "transcripts  MISSING" in out
     # Cells with their H&E are read as a run reads them; with the defaults (batch 64) four tiles
     # are too few, with a config that only preprocesses they are usable.
     assert check.check([str(cells), str(wsi)]) is False
@@ -208,3 +208,36 @@ def test_cells_of_one_section_among_several_are_not_taken_for_microns(tmp_path, 
     c.data.update(source="generic", cells=str(cells), wsi=str(wsi))
     assert check.check([], c), capsys.readouterr().out
     assert "100% of the cells on tissue; 3 of 4x4 tiles" in capsys.readouterr().out
+
+
+def test_visium_in_hest_and_space_ranger_layouts_is_checked_as_st_align_reads_it(tmp_path, capsys):
+    from support.visium import visium_spots, write_hest_visium, write_spaceranger
+
+    from sigmma_jax import config_base
+
+    spots = visium_spots()
+    n_in = int(spots.in_tissue.sum())
+    hest_dir = write_hest_visium(tmp_path / "hest", "V1", spots)
+    assert check.check([str(hest_dir)])
+    out = capsys.readouterr().out
+    assert "V1 (visium): usable" in out
+    assert f"st           ok: {len(spots.xy):,} spots x {len(spots.genes)} genes" in out
+    assert "run (visium): python -m sigmma_jax.main --config=configs/st_align.py" in out
+    (hest_dir / "st" / "V1.h5ad").unlink()
+    assert check.check([str(hest_dir)]) is False
+    assert "st           MISSING" in capsys.readouterr().out
+    # Space Ranger: with ST-Align's defaults (the paper's batch) one small slide is too few spots
+    sr = write_spaceranger(tmp_path / "sr" / "S1", spots)
+    assert check.check([str(tmp_path / "sr"), str(sr.image)]) is False
+    out = capsys.readouterr().out
+    assert f"{sr.outs}: Space Ranger outs/" in out
+    assert out.strip().splitlines()[-1].startswith("NOT usable: the split leaves ")
+    assert f"train.global_batch = {config_base.st_align_config().train.global_batch}" in out
+    # ... with a smaller batch, every in-tissue spot with counts is read at the array's µm/px
+    c = config_base.st_align_config()
+    c.train.global_batch = 8
+    c.data.split.by = "space"  # one slide: spatial blocks
+    assert check.check([str(tmp_path / "sr"), str(sr.image)], c)
+    out = capsys.readouterr().out
+    assert f"S1: {n_in:,} spots (0 without counts over the panel)" in out
+    assert "spot 55 µm; niche reach 100 µm" in out and out.strip().endswith("passed)")
