@@ -172,3 +172,21 @@ def test_st_align_loss_weights_scgpt_and_evaluators_of_the_family():
     c = load_config("st_align", "demo")
     c.train.loss_weights = (0.5, 0.5)
     config_check.validate(c)
+
+
+def test_the_dlpfc_config_groups_the_twelve_slices_by_donor():
+    from sigmma_jax import dlpfc
+    from sigmma_jax.data import splits
+
+    c = load_config("st_align", "dlpfc")
+    config_check.validate(c)
+    assert len(c.data.sample_ids) == 12 and set(dlpfc.PAPER_SLICES) <= set(dlpfc.HEST_IDS)
+    groups = dict(g.split("=") for g in c.data.sample_groups)
+    folds = splits.sample_folds(list(c.data.sample_ids), groups)
+    assert [len(f) for f in folds] == [4, 4, 4]
+    assert folds[1] == [
+        "MISC8",
+        "MISC7",
+        "MISC6",
+        "MISC5",
+    ]  # 151669-151672: the donor without L1/L2
