@@ -259,8 +259,11 @@ def read_generic(
     pixel_size_um: float = 0.0,
     name: str | None = None,
     allow_non_integer: bool = False,
+    rows=None,
 ) -> Slide:
-    """AnnData of cells (raw counts in X, obsm['spatial'] in level-0 px) + TIFF of the H&E."""
+    """AnnData of cells (raw counts in X, obsm['spatial'] in level-0 px) + TIFF of the H&E.
+    `rows(adata)`, when given, picks the rows read (a bool mask; Visium: the spots under tissue),
+    before anything about them is checked."""
     import anndata  # heavy import, only needed here
 
     cells_path, wsi_path = pathlib.Path(cells_path), pathlib.Path(wsi_path)
@@ -277,6 +280,8 @@ def read_generic(
         raise InputError(
             f"{cells_path}: obsm['spatial'] (cell centroids in level-0 pixels) is missing"
         )
+    if rows is not None:
+        adata = adata[rows(adata)]
     xy = np.asarray(adata.obsm["spatial"], np.float64)[:, :2]
     genes, names_from = gene_names(adata, cells_path)
     slide = make_slide(

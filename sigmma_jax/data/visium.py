@@ -224,31 +224,25 @@ def read_spots_h5ad(
     if not diameter_um > 0:
         raise InputError(f"spot diameter {diameter_um} µm: must be > 0 (Visium: 55)")
     h5ad = Path(h5ad)
-    slide = readers.read_generic(
-        h5ad, wsi, pixel_size_um, name=name, allow_non_integer=allow_non_integer
-    )
-    obs = readers.read_obs(h5ad)
-    if "in_tissue" in obs.columns:
-        # read_obs and read_generic read the same obs in the same order.
-        keep = _in_tissue(obs["in_tissue"], h5ad)
+    kept = {}
+
+    def under_tissue(adata) -> np.ndarray:
+        # Spots over glass are dropped before the reader checks positions and counts: their
+        # positions may lie off the H&E (HEST crops its WSIs to the tissue).
+        if "in_tissue" not in adata.obs.columns:
+            return np.ones(adata.n_obs, bool)
+        keep = _in_tissue(adata.obs["in_tissue"], h5ad)
         if not keep.any():
             raise InputError(f"{h5ad}: no spot has in_tissue == 1")
-        slide = _subset(slide, keep)
-        slide.report.update(spots_in_tissue=int(keep.sum()), spots_not_in_tissue=int((~keep).sum()))
+        kept.update(spots_in_tissue=int(keep.sum()), spots_not_in_tissue=int((~keep).sum()))
+        return keep
+
+    slide = readers.read_generic(
+        h5ad, wsi, pixel_size_um, name=name, allow_non_integer=allow_non_integer, rows=under_tissue
+    )
+    slide.report.update(kept)
     slide.spot_diameter_um = float(diameter_um)
     return slide
-
-
-def _subset(slide: readers.Slide, keep: np.ndarray) -> readers.Slide:
-    return dataclasses.replace(
-        slide,
-        xy=slide.xy[keep],
-        counts=slide.counts[np.flatnonzero(keep)].tocsr(),
-        cell_ids=slide.cell_ids[keep],
-        embeddings=None if slide.embeddings is None else slide.embeddings[keep],
-        labels=None if slide.labels is None else slide.labels[keep],
-        report=dict(slide.report),
-    )
 
 
 # ------------------------------------------------------------------------ Space Ranger outs/

@@ -113,6 +113,20 @@ def test_hest_visium_reads_exactly_the_in_tissue_spots(tmp_path, spots, in_tissu
     np.testing.assert_array_equal(d.counts.toarray(), s.counts.toarray())
 
 
+def test_spots_over_glass_off_the_image_are_dropped_before_any_check(tmp_path, spots):
+    """HEST crops its WSIs to the tissue: an off-tissue spot may lie off the image. It is dropped
+    with the others over glass, not refused."""
+    import dataclasses
+
+    xy = spots.xy.copy()
+    off = np.flatnonzero(~spots.in_tissue)[:3]
+    xy[off] = [-500.0, -500.0]  # off the H&E
+    write_hest_visium(tmp_path / "hest", "MISC12", dataclasses.replace(spots, xy=xy))
+    s = hest.read_hest(tmp_path / "hest", "MISC12")
+    np.testing.assert_array_equal(s.xy, spots.xy[spots.in_tissue])
+    assert s.report["spots_not_in_tissue"] == int((~spots.in_tissue).sum())
+
+
 def test_hest_dispatches_on_the_samples_technology(tmp_path, spots):
     _, _, xy, counts, _ = xenium_sample(tmp_path, "TENX999")
     write_hest_visium(tmp_path / "hest", "MISC12", spots)
