@@ -39,6 +39,8 @@ class Family(abc.ABC):
     # The step key is split into one key per stream, in this order (resuming repeats them).
     rng_streams: tuple[str, ...] = ("dropout",)
     evaluators: tuple[str, ...] = ()
+    # The loss terms in the order the log line shows them (others after, sorted).
+    loss_terms: tuple[str, ...] = ()
 
     # --- records and batching -----------------------------------------------------------------
 

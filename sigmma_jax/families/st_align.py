@@ -68,6 +68,7 @@ class STAlignFamily(Family):
     # heads' and encoders' dropout; the draws that pick one negative per other cluster
     rng_streams = ("dropout", "negatives")
     evaluators = ("domains", "spot_expression")
+    loss_terms = ("spot", "niche", "ns", "clip")  # Eq. 12's order
 
     # --- records and batching -----------------------------------------------------------------
 

@@ -148,6 +148,7 @@ def train(
         optimizer.lr_schedule(config),
         config,
         shards.unit(manifest),
+        families.get(config).loss_terms,
     )
     saved, preempted = mngr.latest_step(), False
     saving = None  # the step whose checkpoint is being written
@@ -201,9 +202,15 @@ class _Progress:
     """Every `log_every` steps: a log line, metrics.jsonl and TensorBoard (with items/s and ETA)."""
 
     def __init__(
-        self, writer: metrics.MetricsWriter, lr, config: ml_collections.ConfigDict, unit: str
+        self,
+        writer: metrics.MetricsWriter,
+        lr,
+        config: ml_collections.ConfigDict,
+        unit: str,
+        terms: tuple[str, ...] = (),
     ):
         self.writer, self.lr, self.config, self.unit = writer, lr, config, unit
+        self.order = {t: i for i, t in enumerate(terms)}
         self.t0 = self.t = time.time()
         self.first, self.items = None, 0
 
@@ -218,7 +225,11 @@ class _Progress:
         rate = f"{self.unit}_per_s"
         m.update({"lr": float(self.lr(done - 1)), rate: self.items / (now - self.t)})
         eta = (now - self.t0) / (done - self.first + 1) * (t.steps - done)
-        per = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
+        terms = sorted(
+            (k[5:] for k in m if k.startswith("loss_")),
+            key=lambda k: (self.order.get(k, len(self.order)), k),
+        )
+        per = " ".join(f"{k} {m['loss_' + k]:.3f}" for k in terms)
         logging.info(
             "step %d/%d  loss %.4f (%s)  tau %.4f  grad norm %.3g  %.1f %s/s  ETA %.0fs",
             done,
