@@ -211,8 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Shrinks model and schedule to minutes on two CPU cores; data settings are left alone."""
+def _demo_backbone(c: ml_collections.ConfigDict) -> None:
+    """Both demos' image backbone: a small ViT at 32 px, random init, float32, no remat."""
     c.model.vit.update(
         dict(
             img_size=32,
@@ -225,9 +225,14 @@ def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     )
     c.model.backbone, c.model.backbone_weights = "vit", ""
-    c.model.embed_dim = 64
     c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
     c.model.remat = False  # a small model fits; on CPUs remat recomputes without saving memory
+
+
+def apply_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks model and schedule to minutes on two CPU cores; data settings are left alone."""
+    _demo_backbone(c)
+    c.model.embed_dim = 64
     c.model.st.update(dict(hidden=64, edge_hidden=16))
     c.model.gene_sentence.update(dict(width=64, depth=2, num_heads=4, mlp_ratio=2.0))
     c.data.node_budget = 160
@@ -446,20 +451,7 @@ def st_align_config() -> ml_collections.ConfigDict:
 def apply_st_align_demo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ST-Align's model and schedule shrunk to minutes on two CPU cores; data settings kept, but
     for the image sizes, which follow the small encoders."""
-    c.model.vit.update(
-        dict(
-            img_size=32,
-            patch_size=8,
-            width=96,
-            depth=3,
-            num_heads=4,
-            mlp_ratio=2.0,
-            init_values=0.1,
-        )
-    )
-    c.model.backbone, c.model.backbone_weights = "vit", ""
-    c.model.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
-    c.model.remat = False
+    _demo_backbone(c)
     c.model.spot_image.update(dict(layers=(1, 1, 1, 1), width=16))
     c.model.scgpt.update(dict(weights="", mode="full", d_model=64, nhead=4, d_hid=128, nlayers=2))
     c.model.niche_gene.update(dict(tokens=4, width=64, depth=2, heads=4, mlp_dim=128))
