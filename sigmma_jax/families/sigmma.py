@@ -21,6 +21,7 @@ from sigmma_jax.data import features, input_pipeline, shards
 from sigmma_jax.evaluation import expression, predictors
 from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.families.base import Family
+from sigmma_jax.scales import SCALES
 from sigmma_jax.models import backbones
 from sigmma_jax.models import sigmma as sigmma_model
 from sigmma_jax.scales import SCALES
@@ -43,6 +44,7 @@ class SigmmaFamily(Family):
     name = "sigmma"
     rng_streams = ("gumbel", "dropout")  # the edge sampler's Gumbel noise, the heads' dropout
     evaluators = ("retrieval", "retrieval_train", "probe", "knn_expression")
+    loss_terms = SCALES  # micro, meso, macro: the log line as before the seam
 
     def preprocess(self, config, workdir, *, slides=None, panel=None) -> dict:
         return shards.preprocess(config, workdir, slides=slides, panel=panel)
