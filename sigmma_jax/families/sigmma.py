@@ -21,7 +21,6 @@ from sigmma_jax.data import features, input_pipeline, shards
 from sigmma_jax.evaluation import expression, predictors
 from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.families.base import Family
-from sigmma_jax.scales import SCALES
 from sigmma_jax.models import backbones
 from sigmma_jax.models import sigmma as sigmma_model
 from sigmma_jax.scales import SCALES
