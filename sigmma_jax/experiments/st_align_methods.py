@@ -90,6 +90,7 @@ TABLE1 = (
     ("frozen_backbone", "niche_backbone", "frozen image encoder, niche image"),
     ("expression", "expression", "expression alone (Scanpy: normalise, log1p, PCA)"),
     ("scgpt", "scgpt", "spot expression encoder alone (scGPT)"),
+    ("clip", "image", "CLIP-style image alone"),
     ("clip", "joint", "CLIP-style (image ⊕ expression, 32-d each)"),
     ("st_align", "spot_image", "ST-Align: spot image (AE-Img)"),
     ("st_align", "niche_image", "ST-Align: niche image"),

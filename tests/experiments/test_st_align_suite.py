@@ -35,6 +35,7 @@ def test_every_table_is_filled_from_the_runs(finished_suite):
         "frozen image encoder, niche image" + random,
         "expression alone (Scanpy: normalise, log1p, PCA)",
         "spot expression encoder alone (scGPT)" + random,
+        "CLIP-style image alone",
         "CLIP-style (image ⊕ expression, 32-d each)",
         "ST-Align: spot image (AE-Img)",
         "ST-Align: niche image",
