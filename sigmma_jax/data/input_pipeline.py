@@ -51,15 +51,15 @@ def augment(tile: dict, rng: np.random.Generator) -> dict:
     """
     m = tile["image"].shape[0]
     nb = scales.MICRO_PER_SIDE - 1
-    image, xy, blocks = tile["image"], tile["xy"].copy(), tile["blocks"].copy()
+    xy, blocks = tile["xy"].copy(), tile["blocks"].copy()
     k = int(rng.integers(8))
     if k & 1:  # transpose
-        image, xy, blocks = image.transpose(1, 0, 2), xy[:, ::-1].copy(), blocks[:, ::-1].copy()
+        xy, blocks = xy[:, ::-1].copy(), blocks[:, ::-1].copy()
     if k & 2:  # mirror x
-        image, xy[:, 0], blocks[:, 0] = image[:, ::-1], m - xy[:, 0], nb - blocks[:, 0]
+        xy[:, 0], blocks[:, 0] = m - xy[:, 0], nb - blocks[:, 0]
     if k & 4:  # mirror y
-        image, xy[:, 1], blocks[:, 1] = image[::-1], m - xy[:, 1], nb - blocks[:, 1]
-    return dict(tile, image=np.ascontiguousarray(image), xy=xy, blocks=blocks)
+        xy[:, 1], blocks[:, 1] = m - xy[:, 1], nb - blocks[:, 1]
+    return dict(tile, image=loader.dihedral(tile["image"], k), xy=xy, blocks=blocks)
 
 
 def pad_tile(tile: dict, nodes: int, edges: int) -> dict:

@@ -74,6 +74,19 @@ class _Rows(grain.MapDataset):
         return f"Rows(batch={self._batch}, rows={self._rows})"
 
 
+def dihedral(image: np.ndarray, k: int) -> np.ndarray:
+    """The k-th (0..7) of the 8 dihedral transforms of an (H, W, C) image: bit 0 transposes, bit 1
+    mirrors x, bit 2 mirrors y (in that order). Both pipelines augment with it; SIGMMA's moves its
+    cells' coordinates to match."""
+    if k & 1:
+        image = image.transpose(1, 0, 2)
+    if k & 2:
+        image = image[:, ::-1]
+    if k & 4:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
+
+
 def process_rows(mesh: Mesh | None, global_batch: int) -> np.ndarray:
     """Rows of each global batch this process reads: those its devices hold in `mesh`."""
     if global_batch % max(jax.process_count(), 1):

@@ -101,17 +101,11 @@ def augment(spot: dict, rng: np.random.Generator) -> dict:
     """One of the 8 dihedral transforms, the same for the spot's and the niche's image (H&E has no
     orientation; the two images share one centre up to the niche's offset)."""
     k = int(rng.integers(8))
-
-    def turn(img: np.ndarray) -> np.ndarray:
-        if k & 1:
-            img = img.transpose(1, 0, 2)
-        if k & 2:
-            img = img[:, ::-1]
-        if k & 4:
-            img = img[::-1]
-        return np.ascontiguousarray(img)
-
-    return dict(spot, spot_image=turn(spot["spot_image"]), niche_image=turn(spot["niche_image"]))
+    return dict(
+        spot,
+        spot_image=loader.dihedral(spot["spot_image"], k),
+        niche_image=loader.dihedral(spot["niche_image"], k),
+    )
 
 
 def empty_spot(like: dict) -> dict:

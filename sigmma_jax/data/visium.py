@@ -1,5 +1,6 @@
-"""10x Visium spots -> `Slide` (METHOD.md §7): HEST-1k's Visium samples, Space Ranger `outs/`, an
-AnnData of spots; and ground-truth domains (spatialLIBD's DLPFC layers), for evaluation only.
+"""10x Visium spots -> `Slide` (docs/st_align.md, "Inputs"): HEST-1k's Visium samples, Space
+Ranger `outs/`, an AnnData of spots; and ground-truth domains (spatialLIBD's DLPFC layers), for
+evaluation only.
 
 A spot is a row of a `Slide` as a cell is: `xy` its centre in level-0 px of the H&E as (x, y),
 `cell_ids` its barcode, `counts` its raw UMIs, `spot_diameter_um` 55. Only spots under the tissue
