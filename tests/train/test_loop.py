@@ -2,12 +2,12 @@ import json
 
 import jax
 import numpy as np
+from support.steps import initial_state, loss_and_grads
 
 from sigmma_jax import families, sharding
 from sigmma_jax.data import input_pipeline
 from sigmma_jax.models import backbones
-from sigmma_jax.train import loop, optimizer
-from sigmma_jax.train import state as state_lib
+from sigmma_jax.train import loop
 from sigmma_jax.train import step as step_lib
 
 
@@ -18,35 +18,14 @@ def _first_batch(config, manifest):
     return next(it)
 
 
-def _state(config, manifest, mesh):
-    model, _ = loop.build_model(config)
-    tx = optimizer.make_optimizer(config)
-    _, shardings = state_lib.abstract_state(model, tx, config, manifest, mesh)
-    return model, tx, shardings, state_lib.initialise(model, tx, config, manifest, mesh, shardings)
-
-
 def test_step_on_8_devices_equals_1_device(tiny_shards):
     config, manifest = tiny_shards
     assert jax.device_count() == 8
     host_batch = _first_batch(config, manifest)
-    family = families.get(config)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = sharding.make_mesh(config, devices)
-        model, _, _, state = _state(config, manifest, mesh)
-        batch = sharding.to_device(host_batch, mesh)
-        assert len(batch["image"].sharding.device_set) == len(devices)
-        grad_fn = jax.jit(
-            jax.value_and_grad(
-                lambda p, b, r: step_lib.loss_fn(
-                    p, model, b, r, family.loss_fn(config), family.rng_streams
-                ),
-                has_aux=True,
-            )
-        )
-        (loss, (per, _, _)), grads = grad_fn(state.params, batch, jax.random.PRNGKey(7))
-        results.append((float(loss), {k: float(v) for k, v in per.items()}, jax.device_get(grads)))
-    (l1, p1, g1), (l8, p8, g8) = results
+    (l1, p1, g1), (l8, p8, g8) = [
+        loss_and_grads(config, manifest, host_batch, devices, jax.random.PRNGKey(7), "image")
+        for devices in (jax.devices()[:1], jax.devices())
+    ]
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for k in p1:
         np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5)
@@ -84,7 +63,9 @@ def test_kill_resume_continues_exactly_and_reads_no_weights(tiny_shards, tmp_pat
     backbones.save(weights, "uni", cfg, backbones.init_params(backbones.build(cfg), seed=5), {})
     config.model.backbone_weights = str(weights)
     mesh = sharding.make_mesh(config)
-    start = _state(config, manifest, mesh)[3]  # initialised, then the converted weights loaded
+    start = initial_state(config, manifest, mesh)[
+        3
+    ]  # initialised, then the converted weights loaded
     np.testing.assert_array_equal(
         start.params["backbone"]["pos_embed"], backbones.load(weights)[1]["pos_embed"]
     )
@@ -111,7 +92,7 @@ def test_frozen_backbone_gets_no_updates_and_no_optimizer_state(tiny_shards):
     config = config.copy_and_resolve_references()
     config.model.backbone_mode = "frozen"
     mesh = sharding.make_mesh(config)
-    model, tx, shardings, state = _state(config, manifest, mesh)
+    model, tx, shardings, state = initial_state(config, manifest, mesh)
     before = jax.device_get(state.params)
     step = step_lib.make_train_step(model, tx, config, mesh, shardings, families.get(config))
     batch = sharding.to_device(_first_batch(config, manifest), mesh)

@@ -6,12 +6,12 @@ import json
 
 import jax
 import numpy as np
+from support.steps import initial_state, loss_and_grads
 
 from sigmma_jax import families, losses, sharding
 from sigmma_jax.data import scgpt_tokens
 from sigmma_jax.models import scgpt
-from sigmma_jax.train import loop, optimizer
-from sigmma_jax.train import state as state_lib
+from sigmma_jax.train import loop
 from sigmma_jax.train import step as step_lib
 
 
@@ -19,35 +19,15 @@ def _run(config, manifest, tmp_path):
     return families.get(config).prepare(config, manifest, config.data.shard_dir, tmp_path)
 
 
-def _state(config, manifest, mesh):
-    model, _ = loop.build_model(config, manifest)
-    tx = optimizer.make_optimizer(config)
-    _, shardings = state_lib.abstract_state(model, tx, config, manifest, mesh)
-    return model, tx, shardings, state_lib.initialise(model, tx, config, manifest, mesh, shardings)
-
-
 def test_step_on_8_devices_equals_1_device(tiny_spots, tmp_path):
     config, manifest = tiny_spots
     run = _run(config, manifest, tmp_path)
     family = families.get(config)
     host = next(family.train_iterator(config, config.data.shard_dir, run, None))
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = sharding.make_mesh(config, devices)
-        model, _, _, state = _state(config, run, mesh)
-        batch = sharding.to_device(host, mesh)
-        assert len(batch["spot_image"].sharding.device_set) == len(devices)
-        fn = jax.jit(
-            jax.value_and_grad(
-                lambda p, b, r: step_lib.loss_fn(
-                    p, model, b, r, family.loss_fn(config), family.rng_streams
-                ),
-                has_aux=True,
-            )
-        )
-        (loss, (per, _, _)), grads = fn(state.params, batch, jax.random.PRNGKey(3))
-        results.append((float(loss), {k: float(v) for k, v in per.items()}, jax.device_get(grads)))
-    (l1, p1, g1), (l8, p8, g8) = results
+    (l1, p1, g1), (l8, p8, g8) = [
+        loss_and_grads(config, run, host, devices, jax.random.PRNGKey(3), "spot_image")
+        for devices in (jax.devices()[:1], jax.devices())
+    ]
     assert set(p1) == {"spot", "niche", "ns"}
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for k in p1:
@@ -96,7 +76,7 @@ def test_converted_scgpt_is_loaded_and_stays_frozen(tiny_spots, tmp_path):
     assert run["features"]["vocab_size"] == len(vocab)
     assert run["features"]["tokens"][0] == vocab[manifest["genes"][0]]
     mesh = sharding.make_mesh(config)
-    model, tx, shardings, state = _state(config, run, mesh)
+    model, tx, shardings, state = initial_state(config, run, mesh)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params["spot_gene"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     step = step_lib.make_train_step(model, tx, config, mesh, shardings, families.get(config))
