@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.radius_px = 30.0
     d.chunk_rows = 4  # tile rows per shard chunk: the unit of resume and of parallel work
     d.workers = 2  # preprocessing processes
+    d.engine = "local"  # what runs the chunks: "local" (data.workers processes) | "beam" (a pipeline)
+    d.beam_options = ""  # "--runner=... ..." for engine "beam" ("": DirectRunner, data.workers processes)
     # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
     # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
     # Precomputed per-cell embeddings (stemo, Novae, scGPT...): obsm[cell_embedding_key] of an .h5ad
@@ -151,7 +153,16 @@ def base_config() -> ml_collections.ConfigDict:
     # micro, meso, macro; (0, 0, 1) is the single-scale ablation (trained and evaluated on macro)
     t.scale_weights = (1.0, 1.0, 1.0)
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1))  # -1: every device on the data axis
+    # The device mesh (sigmma_jax.sharding): batches split over data x fsdp devices; -1 on one axis
+    # takes the devices the other leaves. fsdp > 1 splits parameters, gradients and optimizer state
+    # over that many devices (launch/README.md, "Data parallel or FSDP").
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # Where each state leaf lives: (regex over its path, "fsdp" | "replicate" | a PartitionSpec
+    # tuple), first match wins; "fsdp" leaves under min_fsdp_bytes stay replicated (a bias saves
+    # less memory than its gather costs). With mesh.fsdp = 1 every leaf is a replica.
+    c.sharding = ml_collections.ConfigDict(
+        dict(rules=(("step|rng", "replicate"), (".*", "fsdp")), min_fsdp_bytes=2**20)
+    )
 
     # Evaluators by name (sigmma_jax.evaluation.EVALUATORS), run at the end of training and, when
     # eval_every > 0, every eval_every steps; results are keyed by evaluator.

@@ -11,6 +11,7 @@ the command line is parsed.
 from __future__ import annotations
 
 import difflib
+import shlex
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -23,13 +24,14 @@ def allowed_names() -> dict[str, Iterable[str]]:
     # Imported here: the registries pull in the model and the evaluators, which the config schema
     # (and a command's --help) does not need.
     from sigmma_jax import evaluation, families, losses
-    from sigmma_jax.data import features, graphs, sources, splits, tile_shards
+    from sigmma_jax.data import features, graphs, shards, sources, splits, tile_shards
     from sigmma_jax.evaluation import expression, probe
     from sigmma_jax.families import st_align as st_align_family
     from sigmma_jax.models import backbones, sigmma, st_align, st_encoder
 
     return {
         "data.source": sources.SOURCES,
+        "data.engine": shards.ENGINES,
         "data.overflow": tile_shards.OVERFLOW,
         "data.graph": graphs.METHODS,
         "data.micro_graph": graphs.SCOPES,
@@ -123,6 +125,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.n_genes": (_positive, "> 0"),
     "eval.knn_k": (_positive, "> 0"),
     "mesh.data": (lambda v: v == -1 or v > 0, "-1 (every device) or > 0"),
+    "mesh.fsdp": (lambda v: v == -1 or v > 0, "-1 (every device) or > 0"),
+    "sharding.min_fsdp_bytes": (_non_negative, ">= 0"),
     "data.spots.crop_um": (_positive, "> 0"),
     "data.spots.crop_px": (_positive, "> 0"),
     "data.spots.niche_k": (_positive, "> 0"),
@@ -235,14 +239,59 @@ def _check_combinations(config: ml_collections.ConfigDict) -> None:
         raise _bad(
             "train.weight_decay", config.train.weight_decay, "must be > 0 for a schedule to end"
         )
+    _check_beam_options(config)
     split = _get(config, "data.split")
     if split is not _MISSING and split.test_fraction + split.val_fraction >= 1:
         raise ConfigError(
             f"config.data.split: test_fraction {split.test_fraction} + val_fraction "
             f"{split.val_fraction} leave no tile for training; their sum must be < 1"
         )
+    rules = _get(config, "sharding.rules")
+    if rules is not _MISSING:
+        _check_sharding_rules(rules)
     temps = _get(config, "model.temperature_min"), _get(config, "model.temperature_init")
     if _MISSING not in temps and temps[1] < temps[0]:
         raise _bad(
             "model.temperature_init", temps[1], f"must be >= model.temperature_min {temps[0]}"
+        )
+
+
+def _check_sharding_rules(rules) -> None:
+    import re
+
+    for rule in rules:
+        ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+        if ok:
+            try:
+                re.compile(rule[0])
+            except re.error:
+                ok = False
+        strategy = rule[1] if ok else None
+        explicit = isinstance(strategy, (tuple, list)) and all(
+            a is None or a in ("data", "fsdp") or isinstance(a, (tuple, list)) for a in strategy
+        )
+        if not ok or not (strategy in ("fsdp", "replicate") or explicit):
+            raise _bad(
+                "sharding.rules",
+                rule,
+                'each rule must be (regex over a state path, "fsdp" | "replicate" | a '
+                'PartitionSpec tuple over "data"/"fsdp", e.g. (None, "fsdp"))',
+            )
+
+
+def _check_beam_options(config: ml_collections.ConfigDict) -> None:
+    """data.beam_options must split into shell words and begin with an option: Beam drops words it
+    cannot parse with only a warning."""
+    if _get(config, "data.engine") != "beam":
+        return
+    options = config.data.beam_options
+    try:
+        words = shlex.split(options)
+    except ValueError as e:
+        raise _bad("data.beam_options", options, f"must split like shell words ({e})") from e
+    if words and not words[0].startswith("--"):
+        raise _bad(
+            "data.beam_options",
+            options,
+            'must be pipeline options, e.g. "--runner=DirectRunner --direct_num_workers=4"',
         )

@@ -28,8 +28,8 @@ class TrainState:
     rng: jax.Array  # raw uint32 key: step keys are fold_in(rng, step), so resuming repeats them
 
 
-def _init_fn(model, tx: optax.GradientTransformation, config, manifest: dict, mesh: Mesh):
-    dummy = families.get(config).zeros_batch(manifest, len(mesh.devices.flat))
+def _init_fn(model, tx: optax.GradientTransformation, config, manifest: dict, n_devices: int):
+    dummy = families.get(config).zeros_batch(manifest, n_devices)
 
     def init(rng):
         params = model.init({"params": rng}, dummy, train=False)["params"]
@@ -40,11 +40,16 @@ def _init_fn(model, tx: optax.GradientTransformation, config, manifest: dict, me
     return init
 
 
+def state_shapes(model, tx, config, manifest: dict, n_devices: int = 1) -> TrainState:
+    """The state's ShapeDtypeStructs, without shardings: no compute, no device."""
+    init = _init_fn(model, tx, config, manifest, n_devices)
+    return jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+
+
 def abstract_state(model, tx, config, manifest, mesh) -> tuple[TrainState, Any]:
     """(ShapeDtypeStructs carrying their shardings, the shardings): the state's shape, no compute."""
-    init = _init_fn(model, tx, config, manifest, mesh)
-    shapes = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    shardings = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+    shapes = state_shapes(model, tx, config, manifest, mesh.devices.size)
+    shardings = sharding.state_shardings(shapes, config, mesh)  # by config.sharding.rules
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
     )
@@ -54,9 +59,9 @@ def abstract_state(model, tx, config, manifest, mesh) -> tuple[TrainState, Any]:
 def initialise(
     model, tx, config: ml_collections.ConfigDict, manifest: dict, mesh: Mesh, shardings
 ) -> TrainState:
-    """The initial state (a pure function of config.seed and the converted weights), replicated;
-    the family puts its converted pretrained weights in (`Family.pretrained`)."""
-    init = _init_fn(model, tx, config, manifest, mesh)
+    """The initial state (a pure function of config.seed and the converted weights), laid out by
+    `shardings`; the family puts its converted pretrained weights in (`Family.pretrained`)."""
+    init = _init_fn(model, tx, config, manifest, mesh.devices.size)
     state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(config.seed))
     # Converted pretrained weights replace the random ones; the optimizer state stays zeros.
     return state.replace(params=families.get(config).pretrained(config, state.params))
