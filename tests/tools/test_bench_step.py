@@ -8,25 +8,32 @@ import jax
 import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sigmma_jax.models import backbones
 from sigmma_jax.tools.bench import step
 
 
-def test_the_whole_step_compiles_for_8_devices_and_runs(tiny_shards):
+@pytest.mark.parametrize("fsdp", [1, 8])
+def test_the_whole_step_compiles_for_8_devices_and_runs(tiny_shards, fsdp):
     config, manifest = tiny_shards
-    r = step.measure(config, devices=8, run=True, iters=1, warmup=1, workdir=None, genes=40)
+    config = config.copy_and_resolve_references()
+    config.sharding.min_fsdp_bytes = 0  # the tiny model's leaves are all small: shard every one
+    r = step.measure(config, 8, True, iters=1, warmup=1, workdir=None, genes=40, fsdp=fsdp)
     assert r["devices"] == 8 and r["tiles_per_device"] == 1 and r["crops_per_device"] == 21
+    assert r["fsdp"] == fsdp and (r["gathered_gib"] > 0) == (fsdp > 1)
     assert r["nodes"] == config.data.node_budget and r["genes"] == 40
-    # The arguments hold at least the parameters and AdamW's two moments, in float32.
-    assert r["argument_gib"] * 2**30 >= 3 * 4 * r["params"]
+    # The arguments hold at least the parameters and AdamW's two moments, in float32 (each
+    # device an eighth of most of them under FSDP).
+    assert r["argument_gib"] * 2**30 >= 3 * 4 * r["params"] / fsdp
     assert r["total_gib"] >= r["argument_gib"] and r["temp_gib"] > 0
     assert np.isfinite(r["loss"]) and r["tiles_per_s"] > 0 and "mfu" not in r  # no MFU on CPUs
     # The estimate from shapes: state as XLA counts the arguments, float32 gradients, remat off.
     assert abs(r["state_gib"] - r["argument_gib"] + r["batch_gib"]) < 1e-3
-    assert r["gradients_gib"] * 2**30 == 4 * r["params"]
+    assert (r["gradients_gib"] * 2**30 == 4 * r["params"]) == (fsdp == 1)
     assert r["saved_gib"] > 0 and r["recomputed_gib"] == 0 and not config.model.remat
-    parts = ("state_gib", "batch_gib", "gradients_gib", "saved_gib", "recomputed_gib")
+    parts = ("state_gib", "batch_gib", "gradients_gib", "gathered_gib", "saved_gib")
+    parts += ("recomputed_gib",)
     assert r["estimate_gib"] == sum(r[k] for k in parts)
 
 
@@ -74,3 +81,20 @@ def test_shapes_come_from_the_manifest_or_bound_it(tiny_shards, tmp_path):
     bound = step._manifest(config, str(tmp_path), 40)["budgets"]  # no manifest there
     assert bound["nodes"] == manifest["budgets"]["nodes"]
     assert manifest["budgets"]["edges"] <= bound["edges"] == 2 * config.data.knn_k * 160
+
+
+def test_the_memory_table_splits_the_state_under_fsdp(tiny_shards, monkeypatch):
+    config, _ = tiny_shards
+    config = config.copy_and_resolve_references()
+    config.sharding.min_fsdp_bytes = 0
+    monkeypatch.setattr(step, "TABLE_BACKBONES", ("vit",))  # the tiny ViT of config.model.vit
+    monkeypatch.setattr(step, "TABLE_DEVICES", (8,))
+    dp, fsdp = step.fit_table(config, genes=40)
+    assert (dp["layout"], fsdp["layout"]) == ("data parallel", "FSDP")
+    assert dp["params"] == fsdp["params"] and dp["tiles_per_device"] == 1
+    # Every leaf of the tiny model divides by 8 but the scalars and a few odd shapes.
+    assert dp["state_gib"] / 8 <= fsdp["state_gib"] < dp["state_gib"] / 4
+    assert dp["gradients_gib"] * 2**30 == 4 * dp["params"] and fsdp["gathered_gib"] > 0
+    assert dp["saved_gib"] == fsdp["saved_gib"]  # activations follow the batch, not the layout
+    table = step.fit_table_markdown([dp, fsdp]).splitlines()
+    assert len(table) == 4 and "| vit |" in table[2] and table[3].endswith("yes | yes | yes |")

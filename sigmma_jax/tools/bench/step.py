@@ -10,6 +10,10 @@ GPUs and TPUs, model-FLOPs utilisation (the HE backbone's model FLOPs against th
 
     python -m sigmma_jax.bench step --config=configs/default.py --step_devices=8 --nostep_run
     python -m sigmma_jax.bench step --config=configs/demo.py
+    python -m sigmma_jax.bench step --config=configs/default.py --step_table   # every backbone
+
+`--step_table` sizes every backbone (ResNet-50, UNI, UNI2-h, H-optimus-0) at the config's global
+batch, data-parallel and FSDP, on 8, 16 and 64 devices, from shapes alone (`fit_estimate`).
 
 On a CPU, `--step_devices=N` beyond the machine's devices simulates N host devices (set before
 JAX starts). XLA:CPU's memory analysis counts arguments and outputs faithfully but not what a GPU
@@ -38,8 +42,17 @@ from sigmma_jax.scales import N_CROPS
 from sigmma_jax.tools.bench.common import PEAK_BF16, machine_description, xla_flops
 
 flags.DEFINE_integer("step_devices", 0, "step: devices to compile for (0: every device).")
+flags.DEFINE_integer(
+    "step_fsdp", 1, "step: devices of the mesh's fsdp axis (1: data parallel; see sharding.py)."
+)
 flags.DEFINE_bool("step_run", True, "step: also initialise and run the step (timing, MFU).")
 flags.DEFINE_integer("step_genes", 300, "step: gene panel size when no manifest gives it.")
+flags.DEFINE_bool(
+    "step_table",
+    False,
+    "step: the memory table instead (every backbone, data parallel and FSDP, 8/16/64 devices; "
+    "from shapes alone).",
+)
 
 GiB = 2**30
 
@@ -124,18 +137,31 @@ def saved_bytes(f, params, *args) -> int:
     return sum(v.aval.size * v.aval.dtype.itemsize for v in saved)
 
 
-def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
-    """Per-device memory of the data-parallel step from shapes alone, for accelerators whose own
-    analysis is not at hand: the replicated state, the device's share of the batch, the gradients,
-    what the backward pass keeps and, with remat, one block's activations recomputed at a time.
-    An estimate, not a bound: against an H100's measured peaks (docs/benchmarks.md) it was 6-7% high
-    with remat and 34% high without at 84 crops, yet 168 crops without remat (72 GiB by it) did not
-    fit in 80 GB. Leave a wide margin."""
-    from sigmma_jax import families
+def fit_estimate(config, abstract, batch_shapes, axis_sizes: dict[str, int]) -> dict:
+    """Per-device memory of the step from shapes alone, for accelerators whose own analysis is not
+    at hand: the device's part of the state and of the gradients (laid out by config.sharding on
+    a mesh of `axis_sizes`: whole copies under data parallelism, 1/fsdp of each sharded leaf under
+    FSDP), the device's share of the batch, what the backward pass keeps and, with remat, one
+    block's activations recomputed at a time; under FSDP also the parameters gathered for the block
+    being computed and the next (XLA prefetches one). `abstract` needs shapes, not shardings: the
+    mesh may be larger than this machine. An estimate, not a bound: against an H100's measured
+    peaks (docs/benchmarks.md) it was 6-7% high with remat and 34% high without at 84 crops, yet
+    168 crops without remat (72 GiB by it) did not fit in 80 GB. Leave a wide margin."""
+    from sigmma_jax import families, sharding
     from sigmma_jax.train import loop
     from sigmma_jax.train import step as step_lib
 
+    n_dev, fsdp = axis_sizes["data"] * axis_sizes["fsdp"], axis_sizes["fsdp"]
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    def per_device(tree) -> int:
+        specs = sharding.state_specs(tree, config, fsdp)
+        flat = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        return sum(
+            sharding.shard_bytes(x.shape, x.dtype, p, axis_sizes)
+            for x, p in zip(jax.tree.leaves(tree), flat)
+        )
+
     family, key = families.get(config), jax.random.key(0)
 
     def saved(remat: bool) -> int:
@@ -150,10 +176,15 @@ def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
     full, cfg = saved(False)
     kept = saved(True)[0] if config.model.remat else full
     blocks = cfg.get("depth") or sum(cfg.get("layers", ())) or 1
+    params = nbytes(abstract.params)
+    backbone = nbytes(abstract.params.get("backbone", {}))
+    sharded = params - per_device(abstract.params)  # what FSDP takes off each device
     r = dict(
-        state_gib=nbytes(abstract) / GiB,
+        state_gib=per_device(abstract) / GiB,
         batch_gib=nbytes(batch_shapes) / n_dev / GiB,
-        gradients_gib=nbytes(abstract.params) / GiB,
+        gradients_gib=per_device(abstract.params) / GiB,
+        # Gathered for use: a whole block of the backbone, the one computed and the next.
+        gathered_gib=(2 * backbone / blocks if sharded else 0) / GiB,
         saved_gib=kept / n_dev / GiB,  # activations are split with the batch
         recomputed_gib=(full - kept) / blocks / n_dev / GiB,
     )
@@ -161,7 +192,76 @@ def fit_estimate(config, abstract, batch_shapes, n_dev: int) -> dict:
     return r
 
 
-def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=None, genes=300):
+# The backbones of the memory table (docs/benchmarks.md) and the device counts it is given for.
+TABLE_BACKBONES = ("resnet50", "uni", "uni2-h", "h-optimus-0")
+TABLE_DEVICES = (8, 16, 64)
+
+
+def fit_table(config, genes: int = 300) -> list[dict]:
+    """`fit_estimate` for every backbone of TABLE_BACKBONES at config's global batch, data-parallel
+    and FSDP (every device on the fsdp axis), on 8, 16 and 64 devices; from shapes alone, so no
+    device of that count is needed."""
+    from sigmma_jax.data import input_pipeline
+    from sigmma_jax.train import loop, optimizer
+    from sigmma_jax.train import state as state_lib
+
+    rows = []
+    for name in TABLE_BACKBONES:
+        c = config.copy_and_resolve_references()
+        c.model.update(backbone=name, backbone_weights="")
+        manifest = _manifest(c, None, genes)
+        model, _ = loop.build_model(c, manifest)
+        tx = optimizer.make_optimizer(c)
+        shapes = state_lib.state_shapes(model, tx, c, manifest)
+        host = input_pipeline.zeros_batch(manifest, c.train.global_batch)
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes.params))
+        for n in TABLE_DEVICES:
+            for layout, sizes in (
+                ("data parallel", dict(data=n, fsdp=1)),
+                ("FSDP", dict(data=1, fsdp=n)),
+            ):
+                r = dict(backbone=name, params=n_params, devices=n, layout=layout)
+                r["tiles_per_device"] = c.train.global_batch / n
+                r.update(fit_estimate(c, shapes, batch, sizes))
+                rows.append(r)
+    return rows
+
+
+def fit_table_markdown(rows: list[dict], chips=(16, 32, 80)) -> str:
+    head = [
+        "backbone",
+        "params",
+        "devices",
+        "layout",
+        "state",
+        "gradients",
+        "gathered",
+        "activations",
+        "estimate GiB / device",
+    ] + [f"fits {g} GB" for g in chips]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        act = r["batch_gib"] + r["saved_gib"] + r["recomputed_gib"]
+        fits = ["yes" if r["estimate_gib"] * GiB <= g * 1e9 else "no" for g in chips]
+        cells = [
+            r["backbone"],
+            f"{r['params'] / 1e6:,.0f} M",
+            str(r["devices"]),
+            r["layout"],
+            f"{r['state_gib']:.2f}",
+            f"{r['gradients_gib']:.2f}",
+            f"{r['gathered_gib']:.2f}",
+            f"{act:.2f}",
+            f"{r['estimate_gib']:.2f}",
+        ] + fits
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measure(
+    config, devices: int, run: bool, iters: int, warmup: int, workdir=None, genes=300, fsdp=1
+):
     from sigmma_jax import families, sharding
     from sigmma_jax.data import input_pipeline
     from sigmma_jax.train import loop, optimizer
@@ -171,7 +271,9 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
     config = config.copy_and_resolve_references()
     config.model.backbone_weights = ""  # shapes from the preset; weights are not needed
     if devices:
-        config.mesh.data = devices
+        config.mesh.update(data=devices // fsdp, fsdp=fsdp)
+    elif fsdp > 1:
+        config.mesh.update(data=-1, fsdp=fsdp)
     manifest = _manifest(config, workdir, genes)
     mesh = sharding.make_mesh(config)
     n_dev = mesh.devices.size
@@ -188,6 +290,7 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
     compiled = step.lower(abstract, batch_shapes).compile()
     r = dict(
         devices=n_dev,
+        fsdp=mesh.shape["fsdp"],
         global_batch=config.train.global_batch,
         tiles_per_device=config.train.global_batch // n_dev,
         crops_per_device=config.train.global_batch // n_dev * N_CROPS,
@@ -212,7 +315,7 @@ def measure(config, devices: int, run: bool, iters: int, warmup: int, workdir=No
         )
         # Donated state: outputs alias arguments, so they are held once.
         r["total_gib"] = r["argument_gib"] + r["output_gib"] - r["alias_gib"] + r["temp_gib"]
-    r.update(fit_estimate(config, abstract, batch_shapes, n_dev))
+    r.update(fit_estimate(config, abstract, batch_shapes, dict(mesh.shape)))
     r["xla_flops_per_device"] = xla_flops(compiled)
     r["backbone_model_flops"] = backbone_model_flops(config, model)
     if not run:
@@ -242,8 +345,24 @@ def run(a) -> int:
     from sigmma_jax import cli
 
     cli.required("config")
+    if a.step_table:
+        rows = fit_table(a.config, a.step_genes)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        print(fit_table_markdown(rows))
+        return 0
     _simulate_devices(a.step_devices)
-    r = measure(a.config, a.step_devices, a.step_run, a.iters, a.warmup, a.workdir, a.step_genes)
+    r = measure(
+        a.config,
+        a.step_devices,
+        a.step_run,
+        a.iters,
+        a.warmup,
+        a.workdir,
+        a.step_genes,
+        a.step_fsdp,
+    )
     r["date"] = datetime.date.today().isoformat()
     r["machine"] = machine_description()
     print(json.dumps(r))
@@ -257,6 +376,7 @@ def run(a) -> int:
 def markdown_table(rows: list[dict]) -> str:
     cols = [
         ("devices", "devices", "{}"),
+        ("fsdp", "fsdp", "{}"),
         ("tiles_per_device", "tiles / device", "{}"),
         ("remat", "remat", "{}"),
         ("argument_gib", "arguments GiB", "{:.2f}"),
