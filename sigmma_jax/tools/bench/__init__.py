@@ -3,7 +3,16 @@
 A new benchmark is a module with its flags and `run(flags) -> int`, plus its line in `BENCHMARKS`.
 """
 
-from sigmma_jax.tools.bench import embed, encoder, loss_noise, parity, preprocess, recovery, step
+from sigmma_jax.tools.bench import (
+    embed,
+    encoder,
+    gpu,
+    loss_noise,
+    parity,
+    preprocess,
+    recovery,
+    step,
+)
 
 BENCHMARKS = {
     "encoder": (encoder.run, "HE backbone speed and memory vs timm"),
@@ -16,4 +25,5 @@ BENCHMARKS = {
         "SIGKILL a run N times, rerun it, compare with an uninterrupted one",
     ),
     "loss_noise": (loss_noise.run, "a checkpoint's loss spread: batches vs Gumbel vs dropout"),
+    "gpu": (gpu.run, "everything that needs a GPU (paper-scale step, MFU, memory, demo) -> JSON"),
 }
