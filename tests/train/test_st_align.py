@@ -1,6 +1,6 @@
-"""ST-Align through the shared machinery: the sharded step on 8 devices equals 1 device, a killed
-run resumes to the uninterrupted run's numbers, converted scGPT weights are loaded and stay frozen,
-and the one-negative-per-other-cluster contrast trains."""
+"""ST-Align through the shared machinery: the sharded step on 8 devices (data parallel or FSDP)
+equals 1 device, a killed run resumes to the uninterrupted run's numbers, converted scGPT weights
+are loaded and stay frozen, and the one-negative-per-other-cluster contrast trains."""
 
 import json
 
@@ -24,18 +24,26 @@ def test_step_on_8_devices_equals_1_device(tiny_spots, tmp_path):
     run = _run(config, manifest, tmp_path)
     family = families.get(config)
     host = next(family.train_iterator(config, config.data.shard_dir, run, None))
-    (l1, p1, g1), (l8, p8, g8) = [
-        loss_and_grads(config, run, host, devices, jax.random.PRNGKey(3), "spot_image")
-        for devices in (jax.devices()[:1], jax.devices())
+    fsdp = config.copy_and_resolve_references()  # the state split over 8 devices, not copied
+    fsdp.mesh.update(data=1, fsdp=8)
+    fsdp.sharding.min_fsdp_bytes = 0
+    (l1, p1, g1), *eights = [
+        loss_and_grads(c, run, host, devices, jax.random.PRNGKey(3), "spot_image")
+        for c, devices in (
+            (config, jax.devices()[:1]),
+            (config, jax.devices()),
+            (fsdp, jax.devices()),
+        )
     ]
     assert set(p1) == {"spot", "niche", "ns"}
-    np.testing.assert_allclose(l8, l1, rtol=1e-5)
-    for k in p1:
-        np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
-        # the global batch's sums run in another order across 8 devices: float32 noise, at the
-        # scale of each gradient leaf
-        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4 * float(np.abs(a).max()) + 1e-7)
+    for l8, p8, g8 in eights:
+        np.testing.assert_allclose(l8, l1, rtol=1e-5)
+        for k in p1:
+            np.testing.assert_allclose(p8[k], p1[k], rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+            # the global batch's sums run in another order across 8 devices: float32 noise, at
+            # the scale of each gradient leaf
+            np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-4 * float(np.abs(a).max()) + 1e-7)
 
 
 def _history(d):
