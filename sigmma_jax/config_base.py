@@ -53,8 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.radius_px = 30.0
     d.chunk_rows = 4  # tile rows per shard chunk: the unit of resume and of parallel work
     d.workers = 2  # preprocessing processes
-    d.engine = "local"  # what runs the chunks: "local" (data.workers processes) | "beam" (a pipeline)
-    d.beam_options = ""  # "--runner=... ..." for engine "beam" ("": DirectRunner, data.workers processes)
+    d.engine = "local"  # what runs the chunks: "local" (data.workers processes) | "beam"
+    d.beam_options = ""  # for "beam": "--runner=X ..."; "": DirectRunner, data.workers processes
     # by: "auto" (leave-one-sample-out when there are several slides, else spatial blocks),
     # "sample" (test on slide number `fold`), "space" (blocks of block_tiles^2 tiles).
     # Precomputed per-cell embeddings (stemo, Novae, scGPT...): obsm[cell_embedding_key] of an .h5ad

@@ -4,16 +4,18 @@ A kind of record (SIGMMA's tiles, `tile_shards.TILES`; ST-Align's spots, `spot_s
 what a record holds, how a slide is surveyed and cut into chunks, and what its manifest adds; the
 orchestration here is shared. Work is cut into chunks (a band of one slide). Each chunk writes its
 shard and then a sidecar JSON; the sidecar is the proof of completion, so a rerun skips finished
-chunks and a crash never leaves a chunk looking complete. The manifest (gene panel, the records and
-their splits, the report, and the kind's own entries) is written last, atomically, from the
-sidecars. Its records are listed under the kind's unit ("tiles"; "spots", named by
-manifest["unit"]).
+chunks and a crash never leaves a chunk looking complete. `data.engine` says what runs the chunks:
+a local pool of processes, or an Apache Beam pipeline (`beam_pipeline`); nothing else differs. The
+manifest (gene panel, the records and their splits, the report, and the kind's own entries) is
+written last, atomically, from the sidecars. Its records are listed under the kind's unit
+("tiles"; "spots", named by manifest["unit"]).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import importlib
 import json
 import logging
 import pathlib
@@ -29,6 +31,8 @@ from sigmma_jax.data.tile_shards import TILES
 from sigmma_jax.workdir import lock as lock_dir
 
 MANIFEST = "manifest.json"
+# data.engine: what executes the chunks; surveying, planning, resuming and the manifest are shared.
+ENGINES = ("local", "beam")
 
 
 def unit(manifest: dict) -> str:
@@ -153,24 +157,64 @@ def preprocess(
     records' kind (SIGMMA's tiles by default). The config is checked by the command that runs
     (`sigmma_jax.config_check`).
     """
+    if engine(config.data) == "beam":
+        beam_engine()  # a missing package is said before any slide is read
     with lock_dir(shard_dir(config, workdir), "shard directory") as out_dir:
         return _preprocess(config, workdir, out_dir, slides, panel, kind)
 
 
-def _run_chunks(todo: list, kind, n_workers: int, out_dir: pathlib.Path) -> None:
-    """Runs the chunks not finished yet, in a bounded pool, with a progress bar."""
+def engine(d: ml_collections.ConfigDict) -> str:
+    """data.engine; configs saved before it existed (a trained run's) run locally."""
+    return d.get("engine", "local")
+
+
+def beam_engine():
+    """`sigmma_jax.data.beam_pipeline`, imported only here: Apache Beam is an optional extra."""
+    try:
+        return importlib.import_module("sigmma_jax.data.beam_pipeline")
+    except ImportError as e:
+        if not (e.name or "").startswith("apache_beam"):
+            raise
+        raise readers.InputError(
+            "data.engine = 'beam' needs Apache Beam: pip install 'sigmma_jax[beam]'"
+        ) from e
+
+
+class Progress:
+    """The preprocessing bar, whatever runs the chunks: chunks done, the kind's records kept and
+    its count per second; called with each finished chunk's sidecar."""
+
+    def __init__(self, kind, total: int):
+        self.bar = tqdm.tqdm(total=total, desc="preprocess", unit="chunk")
+        self.unit, (self.what, self.key) = kind.unit, kind.rate
+        self.items = self.n = 0
+
+    def __call__(self, side: dict) -> None:
+        self.items += len(side[self.unit])
+        self.n += side["report"][self.key]
+        self.bar.update(1)
+        rate = self.bar.format_dict["elapsed"] or 1e-9
+        self.bar.set_postfix(
+            **{self.unit: self.items, f"{self.what}_per_s": f"{self.n / rate:,.0f}"}
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_chunks(todo: list, kind, d: ml_collections.ConfigDict, out_dir: pathlib.Path) -> None:
+    """Runs the chunks not finished yet, [(name, build)], by data.engine, with a progress bar."""
+    progress = Progress(kind, len(todo))
+    if engine(d) == "beam":
+        beam_engine().run_chunks(todo, kind, out_dir, d.beam_options, d.workers, progress)
+    else:
+        _run_local([build for _, build in todo], kind, d.workers, out_dir, progress)
+    progress.close()
+
+
+def _run_local(todo: list, kind, n_workers: int, out_dir: pathlib.Path, progress) -> None:
+    """The chunks' builds run in a bounded pool of `n_workers` processes (1: in this one)."""
     logging.info("preprocessing %d chunks with %d workers into %s", len(todo), n_workers, out_dir)
-    bar = tqdm.tqdm(total=len(todo), desc="preprocess", unit="chunk")
-    what, key = kind.rate
-    done = dict(items=0, n=0)
-
-    def progress(side):
-        done["items"] += len(side[kind.unit])
-        done["n"] += side["report"][key]
-        bar.update(1)
-        rate = bar.format_dict["elapsed"] or 1e-9
-        bar.set_postfix(**{kind.unit: done["items"], f"{what}_per_s": f"{done['n'] / rate:,.0f}"})
-
     if n_workers > 1:
         with workers.pool(n_workers) as pool:
             pending = set()
@@ -185,7 +229,6 @@ def _run_chunks(todo: list, kind, n_workers: int, out_dir: pathlib.Path) -> None
     else:
         for build in todo:
             progress(kind.run_chunk(build()))
-    bar.close()
 
 
 def _preprocess(
@@ -234,9 +277,9 @@ def _preprocess(
     _remove_unfinished(out_dir, h)
 
     slide_report, chunks, where = kind.plan(slides, panel, genes_dropped, config, h, out_dir)
-    todo = [build for name, build in chunks if not (out_dir / f"{name}.json").exists()]
+    todo = [(name, build) for name, build in chunks if not (out_dir / f"{name}.json").exists()]
     if todo:
-        _run_chunks(todo, kind, d.workers, out_dir)
+        _run_chunks(todo, kind, d, out_dir)
     sides = [json.loads((out_dir / f"{name}.json").read_text()) for name, _ in chunks]
     shards = [s["shard"] for s in sides if s["shard"]]
     records = [t for s in sides for t in s[kind.unit]]
