@@ -10,7 +10,6 @@ import jax
 from absl import flags, logging
 
 from sigmma_jax import cli, families
-from sigmma_jax.train import loop
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
@@ -33,6 +32,10 @@ def main(argv) -> None:
     if FLAGS.preprocess_only:
         families.get(FLAGS.config).preprocess(FLAGS.config, FLAGS.workdir)
     else:
+        # Imported here: preprocessing's spawned workers re-import this module, and the train loop
+        # (models, optimizer, Orbax) would cost each of them seconds for nothing.
+        from sigmma_jax.train import loop
+
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
