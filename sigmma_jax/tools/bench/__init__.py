@@ -12,6 +12,7 @@ from sigmma_jax.tools.bench import (
     preprocess,
     recovery,
     step,
+    transcripts,
 )
 
 BENCHMARKS = {
@@ -25,5 +26,6 @@ BENCHMARKS = {
         "SIGKILL a run N times, rerun it, compare with an uninterrupted one",
     ),
     "loss_noise": (loss_noise.run, "a checkpoint's loss spread: batches vs Gumbel vs dropout"),
+    "transcripts": (transcripts.run_cli, "HEST transcript reader vs a pyarrow group-by: M/s, RSS"),
     "gpu": (gpu.run, "everything that needs a GPU (paper-scale step, MFU, memory, demo) -> JSON"),
 }
