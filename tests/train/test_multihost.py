@@ -1,6 +1,7 @@
 """Two processes on this machine train as one: `jax.distributed` with a localhost coordinator, four
-CPU devices each, the mesh interleaving the two processes' devices (as a pod may), against one
-process with eight devices in id order."""
+CPU devices each, the mesh interleaving the two processes' devices (as a pod may) on a 2 x 4 (data,
+fsdp) mesh, so the parameters are split across both processes, against one process with eight
+devices in id order, data-parallel."""
 
 import json
 import socket
@@ -37,10 +38,10 @@ def test_two_processes_with_interleaved_devices_train_as_one_process(
     config, _ = tiny_shards
     shard_dir, port = config.data.shard_dir, _free_port()
     procs = [
-        _start(process_env, [i, 2, port, tmp_path / "two", shard_dir, "interleaved"], 4)
+        _start(process_env, [i, 2, port, tmp_path / "two", shard_dir, "interleaved", 4], 4)
         for i in range(2)
     ]
-    procs.append(_start(process_env, [0, 1, 0, tmp_path / "one", shard_dir, "ids"], 8))
+    procs.append(_start(process_env, [0, 1, 0, tmp_path / "one", shard_dir, "ids", 1], 8))
     for p in procs:
         out, _ = p.communicate(timeout=900)
         assert p.returncode == 0, out[-3000:]
