@@ -5,7 +5,14 @@ Per scale, the cells' SIGMMA embeddings (`obsm["sigmma_<scale>"]` of cells.h5ad)
 cells' own expression (library-size normalised, log1p, 50 principal components: `leiden_expression`).
 Where the cells carry ground-truth domains (`analysis.domain_key`), the adjusted Rand index of each
 clustering with them is reported, and each scale's agreement with the expression clusters too.
-Marker genes per cluster: `sc.tl.rank_genes_groups` (Wilcoxon) on the log-normalised expression.
+Marker genes per cluster: the Wilcoxon test of `sc.tl.rank_genes_groups` (one cluster against the
+rest) on the log-normalised expression, computed here (`markers`) for every clustering at once.
+
+Memory stays bounded at a whole slide (0.5 M cells: docs/benchmarks.md): one representation's kNN
+graph at a time; Leiden's igraph graph is built from the graph's CSR arrays (scanpy's
+`get_igraph_from_adjacency` makes a Python tuple per edge, +1.7 GB at 11 M edges); the marker test
+ranks a few genes at a time and sums ranks per cluster with a sparse indicator, where scanpy holds a
+dense clusters x cells mask (12 GB for 26,000 clusters of 445,000 cells, the OOM of issue 10).
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from sigmma_jax.scales import SCALES
 
 EXPRESSION = "expression"
 FILE = "clusters.json"
+# Values of a dense block of ranks per chunk of genes (scanpy's own chunk size, _CONST_MAX_SIZE).
+_RANK_BLOCK = 10_000_000
 
 
 def log_expression(cells):
-    """A copy of `cells` with X library-size normalised (to the median) and log1p'd."""
+    """A copy of `cells`'s X library-size normalised (to the median) and log1p'd, with its obs and
+    var (not obsm, obsp or layers: the embeddings need no second copy)."""
+    import anndata
     import scanpy as sc
 
-    log = cells.copy()
+    log = anndata.AnnData(X=cells.X.copy(), obs=cells.obs.copy(), var=cells.var.copy())
     sc.pp.normalize_total(log)
     sc.pp.log1p(log)
     return log
@@ -65,41 +76,97 @@ def knn_transformer(n_obs: int, n_neighbors: int, seed: int):
     )
 
 
-def leiden(cells, config: ml_collections.ConfigDict) -> dict[str, str]:
-    """Leiden labels `leiden_<name>` in `cells.obs` for every representation; returns
-    {name: obs key}. The neighbour graphs are dropped afterwards (large, and cheap to rebuild)."""
+def connectivities(cells, rep: str, n_neighbors: int, seed: int) -> sp.csr_matrix:
+    """scanpy's kNN graph (UMAP's fuzzy connectivities) of `obsm[rep]`; nothing is left in
+    `cells` (the graph is large, and one representation's is enough at a time)."""
     import scanpy as sc
 
+    key = "_nn"
+    sc.pp.neighbors(
+        cells,
+        n_neighbors=n_neighbors,
+        use_rep=rep,
+        key_added=key,
+        random_state=seed,
+        transformer=knn_transformer(cells.n_obs, n_neighbors, seed),
+    )
+    graph = cells.obsp[f"{key}_connectivities"]
+    del cells.uns[key], cells.obsp[f"{key}_distances"], cells.obsp[f"{key}_connectivities"]
+    return sp.csr_matrix(graph)
+
+
+class _IgraphRNG:
+    """scanpy 1.11's `_RNGIgraph`: igraph draws from a seeded numpy RandomState, so the labels are
+    the ones `sc.tl.leiden(flavor="igraph", random_state=seed)` gives (tested)."""
+
+    def __init__(self, seed: int):
+        self._rng = np.random.RandomState(seed)
+
+    def getrandbits(self, k: int) -> int:
+        return self._rng.tomaxint() & ((1 << k) - 1)
+
+    def randint(self, a: int, b: int) -> int:
+        return self._rng.randint(a, b + 1)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._rng, "normal" if attr == "gauss" else attr)
+
+
+def leiden_labels(graph: sp.csr_matrix, resolution: float, seed: int) -> pd.Categorical:
+    """igraph's Leiden (modularity, 2 iterations) on a symmetric weighted graph: what
+    `sc.tl.leiden(flavor="igraph", n_iterations=2, directed=False)` computes, on the same graph
+    (each edge in both directions, as scanpy adds them: one direction alone changes the random
+    path Leiden takes), built from the CSR arrays rather than a Python tuple per edge."""
+    import random
+
+    import igraph
+
+    graph = sp.csr_matrix(graph)
+    graph.sort_indices()
+    rows = np.repeat(np.arange(graph.shape[0], dtype=np.int64), np.diff(graph.indptr))
+    edges = np.column_stack([rows, graph.indices.astype(np.int64)])
+    weights = graph.data.astype(np.float64)
+    del rows
+    g = igraph.Graph(n=graph.shape[0], directed=False)
+    g.add_edges(edges)  # from the array's buffer: twice as fast as Graph(edges=...), no tuples
+    del edges
+    igraph.set_random_number_generator(_IgraphRNG(seed))
+    try:
+        part = g.community_leiden(
+            objective_function="modularity",
+            weights=weights,
+            resolution=resolution,
+            n_iterations=2,
+        )
+    finally:
+        igraph.set_random_number_generator(random)
+    groups = np.asarray(part.membership)
+    # igraph numbers communities 0..k-1: scanpy's labels, as strings in numeric order.
+    return pd.Categorical(groups.astype("U"), categories=[str(i) for i in range(groups.max() + 1)])
+
+
+def expression_pca(log, seed: int) -> np.ndarray:
+    """50 principal components (fewer for a small panel) of the log-normalised expression."""
+    import scanpy as sc
+
+    n_pcs = min(50, log.n_vars - 1, log.n_obs - 1)
+    return sc.pp.pca(log.X, n_comps=n_pcs, random_state=seed).astype(np.float32)
+
+
+def leiden(cells, config: ml_collections.ConfigDict, log=None) -> dict[str, str]:
+    """Leiden labels `leiden_<name>` in `cells.obs` for every representation, one at a time;
+    returns {name: obs key}. `log`: `log_expression(cells)` if already made (for the PCs)."""
     a = config.analysis
     if "X_expression_pca" not in cells.obsm:
-        log = log_expression(cells)
-        n_pcs = min(50, cells.n_vars - 1, cells.n_obs - 1)
-        sc.pp.pca(log, n_comps=n_pcs, random_state=a.seed)
-        cells.obsm["X_expression_pca"] = log.obsm["X_pca"].astype(np.float32)
+        cells.obsm["X_expression_pca"] = expression_pca(
+            log if log is not None else log_expression(cells), a.seed
+        )
     keys = {}
     for name, rep in representations(cells).items():
-        nn = f"nn_{name}"
-        sc.pp.neighbors(
-            cells,
-            n_neighbors=a.n_neighbors,
-            use_rep=rep,
-            key_added=nn,
-            random_state=a.seed,
-            transformer=knn_transformer(cells.n_obs, a.n_neighbors, a.seed),
-        )
+        graph = connectivities(cells, rep, a.n_neighbors, a.seed)
         keys[name] = f"leiden_{name}"
-        sc.tl.leiden(
-            cells,
-            resolution=a.resolution,
-            key_added=keys[name],
-            neighbors_key=nn,
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=a.seed,
-        )
-        del cells.uns[nn], cells.obsp[f"{nn}_distances"], cells.obsp[f"{nn}_connectivities"]
-        del cells.uns[keys[name]]
+        cells.obs[keys[name]] = leiden_labels(graph, a.resolution, a.seed)
+        del graph
     return keys
 
 
@@ -127,14 +194,103 @@ def agreement(cells, keys: dict[str, str], domain_key: str) -> dict:
     return out
 
 
-def markers(log, key: str) -> pd.DataFrame:
-    """Wilcoxon marker genes of each cluster of `key` (one vs rest) on log-normalised expression."""
-    import scanpy as sc
+def _indicator(labels: pd.Categorical) -> sp.csr_matrix:
+    """clusters x cells, 1 where the cell is in the cluster (cells without a label: no row)."""
+    codes = np.asarray(labels.codes)
+    cells = np.flatnonzero(codes >= 0)
+    return sp.csr_matrix(
+        (np.ones(len(cells)), (codes[cells], cells)), shape=(len(labels.categories), len(codes))
+    )
 
-    sc.tl.rank_genes_groups(log, groupby=key, method="wilcoxon", key_added=f"rank_{key}")
-    df = sc.get.rank_genes_groups_df(log, group=None, key=f"rank_{key}")
-    del log.uns[f"rank_{key}"]
-    return df.rename(columns={"group": "cluster", "names": "gene"})
+
+def _rank_sums(X, indicators: list[sp.csr_matrix]) -> list[np.ndarray]:
+    """Per clustering, clusters x genes sums of each gene's ranks over all cells (average ranks
+    of ties; scanpy's `rankdata`). Ranks are halves of integers below 2^53: the sums are exact in
+    any order, so they equal scanpy's. A chunk of genes at a time, dense: cells x chunk."""
+    from scipy.stats import rankdata
+
+    n, g = X.shape
+    chunk = max(_RANK_BLOCK // n, 1)
+    X = sp.csc_matrix(X) if sp.issparse(X) else np.asarray(X)
+    sums = [np.zeros((ind.shape[0], g)) for ind in indicators]
+    for left in range(0, g, chunk):
+        right = min(left + chunk, g)
+        block = X[:, left:right]
+        block = block.toarray() if sp.issparse(block) else block
+        ranks = rankdata(block, axis=0)
+        del block
+        for s, ind in zip(sums, indicators):
+            s[:, left:right] = ind @ ranks
+    return sums
+
+
+def _select_top_n(scores: np.ndarray, n_top: int) -> np.ndarray:
+    """scanpy 1.11's order of a cluster's genes (argpartition, then argsort of the scores,
+    reversed), so that ties fall as in its tables."""
+    partition = np.argpartition(scores, -n_top)[-n_top:]
+    return partition[np.argsort(scores[partition])[::-1]]
+
+
+def _table(name: str, z, mean_in, mean_out, genes: np.ndarray) -> pd.DataFrame:
+    """One cluster's rows of `rank_genes_groups_df`: genes by score, z, log2 fold change of the
+    expm1 means, p-values and their Benjamini-Hochberg adjustment over the cluster's genes."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    z = np.where(np.isnan(z), 0.0, z)
+    pvals = 2 * stats.distributions.norm.sf(np.abs(z))
+    _, pvals_adj, _, _ = multipletests(pvals, alpha=0.05, method="fdr_bh")
+    fold = (np.expm1(mean_in) + 1e-9) / (np.expm1(mean_out) + 1e-9)
+    order = _select_top_n(z, len(z))
+    return pd.DataFrame(
+        {
+            "cluster": name,
+            "gene": genes[order],
+            "scores": z[order].astype(np.float32),
+            "logfoldchanges": np.log2(fold[order]).astype(np.float32),
+            "pvals": pvals[order],
+            "pvals_adj": pvals_adj[order],
+        }
+    )
+
+
+def markers(log, labelings: dict[str, pd.Categorical]) -> dict[str, pd.DataFrame]:
+    """Wilcoxon marker genes of each cluster (one vs rest, no tie correction) of every labeling,
+    on the log-normalised expression `log` (AnnData): {name: table with columns cluster, gene,
+    scores, logfoldchanges, pvals, pvals_adj}, each cluster's genes by decreasing score, as
+    `sc.tl.rank_genes_groups(method="wilcoxon")` + `sc.get.rank_genes_groups_df` give them (the
+    same z-scores; means as differences of sums, so fold changes agree to float rounding).
+
+    The genes are ranked once for all labelings. Memory: the ranks of a chunk of genes (10 M
+    values) and clusters x genes per labeling, however many clusters: scanpy holds a clusters x
+    cells boolean mask and copies the rest of the cells once per cluster."""
+    X = log.X
+    n = X.shape[0]
+    genes = np.asarray(log.var_names, dtype=object)
+    inds = [_indicator(pd.Categorical(v)) for v in labelings.values()]
+    rank_sums = _rank_sums(X, inds)
+    Xd = X.astype(np.float64) if sp.issparse(X) else np.asarray(X, np.float64)
+    total = np.asarray(Xd.sum(0)).ravel()
+    out = {}
+    for (name, labels), ind, r in zip(labelings.items(), inds, rank_sums):
+        cats = [str(c) for c in pd.Categorical(labels).categories]
+        size = np.diff(ind.indptr)
+        sums = (ind @ Xd).toarray() if sp.issparse(Xd) else ind @ Xd
+        tables = []
+        for i, c in enumerate(cats):
+            n_in = int(size[i])  # Python ints: n_in * n_out * (n + 1) exceeds 2^53 at 0.5 M cells
+            if not n_in:
+                continue  # an unused category has no markers
+            # scanpy's z-score, in its order of operations (the same float64 values).
+            std = np.sqrt(n_in * (n - n_in) * (n + 1) / 12.0)
+            z = (r[i] - (n_in * (n + 1) / 2.0)) / std
+            mean_in = sums[i] / n_in
+            mean_out = (total - sums[i]) / (n - n_in)
+            tables.append(_table(c, z, mean_in, mean_out, genes))
+        df = pd.concat(tables, ignore_index=True)
+        df["cluster"] = pd.Categorical(df["cluster"], categories=cats)
+        out[name] = df
+    return out
 
 
 def run(out: str | pathlib.Path, config: ml_collections.ConfigDict) -> dict:
@@ -144,16 +300,17 @@ def run(out: str | pathlib.Path, config: ml_collections.ConfigDict) -> dict:
 
     out = pathlib.Path(out)
     cells = anndata.read_h5ad(out / "cells.h5ad")
-    keys = leiden(cells, config)
+    log = log_expression(cells)
+    keys = leiden(cells, config, log)
     result = dict(
         agreement(cells, keys, config.analysis.domain_key),
         n_cells=cells.n_obs,
         resolution=config.analysis.resolution,
         n_neighbors=config.analysis.n_neighbors,
     )
-    log = log_expression(cells)
-    for name, key in keys.items():
-        df = markers(log, key)
+    tables = markers(log, {name: cells.obs[key] for name, key in keys.items()})
+    del log
+    for name, df in tables.items():
         with atomic.open_atomic(out / f"markers_{name}.csv", "w") as f:
             df.to_csv(f, index=False)
     with atomic.atomic_path(out / "cells.h5ad") as tmp:

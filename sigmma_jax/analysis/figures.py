@@ -10,6 +10,11 @@
 
 Plots use matplotlib's Agg canvas directly (Figure + FigureCanvasAgg), and scanpy's plots are asked
 for their figure, so drawing never switches the backend of a notebook or another caller.
+
+At a whole slide (0.5 M cells) the maps draw a seeded sample of `MAP_CELLS` cells (a 650 px panel
+cannot show more; the title says how many), and the per-cluster figures (legends, composition, dot
+plots, violins) show the `SHOWN_CLUSTERS` largest clusters when a clustering has more (they would
+be unreadable, and colours repeat past the palette's 60): both are said on the figure.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from sigmma_jax.data import readers
 from sigmma_jax.evaluation import expression
 
 DIR = "figures"
+MAP_CELLS = 200_000  # cells drawn per cluster map at most (a seeded sample of the slide's)
+SHOWN_CLUSTERS = 60  # clusters in a legend or per-cluster figure at most: the largest
 
 
 def save(fig, path: pathlib.Path, dpi: int = 120) -> pathlib.Path:
@@ -45,6 +52,18 @@ def palette(n: int) -> list:
     """n distinct colours: tab20, then tab20b and tab20c."""
     cols = [matplotlib.colormaps[m](i) for m in ("tab20", "tab20b", "tab20c") for i in range(20)]
     return [cols[i % len(cols)] for i in range(n)]
+
+
+def largest_clusters(labels, n: int = SHOWN_CLUSTERS) -> list[str]:
+    """The `n` largest clusters of `labels` (a categorical), in category order."""
+    labels = pd.Categorical(labels)
+    sizes = np.bincount(labels.codes[labels.codes >= 0], minlength=len(labels.categories))
+    keep = np.sort(np.argsort(-sizes, kind="stable")[:n])
+    return [str(labels.categories[i]) for i in keep if sizes[i]]
+
+
+def _shown_note(n_shown: int, n_all: int) -> str:
+    return "" if n_shown == n_all else f" ({n_shown} largest of {n_all} clusters shown)"
 
 
 def overview(tiles, slide: str, max_side: int) -> tuple[np.ndarray | None, tuple[float, float]]:
@@ -74,8 +93,9 @@ def _on_slide(ax, image, scale: tuple[float, float], shape: tuple[int, int]) -> 
 def cluster_maps(cells, tiles, slide: str, keys: dict[str, str], config, path) -> pathlib.Path:
     """One panel per clustering (and the ground truth): cells coloured by label on the H&E."""
     a = config.analysis
-    sel = (cells.obs["slide"] == slide).to_numpy()
-    xy = cells.obsm["spatial"][sel]
+    sel = np.flatnonzero((cells.obs["slide"] == slide).to_numpy())
+    drawn = _map_sample(len(sel), a.seed)
+    xy = cells.obsm["spatial"][sel[drawn]]
     panels = dict(keys)
     if a.domain_key and a.domain_key in cells.obs:
         panels = {f"ground truth ({a.domain_key})": a.domain_key, **panels}
@@ -90,15 +110,19 @@ def cluster_maps(cells, tiles, slide: str, keys: dict[str, str], config, path) -
         ax.set_axis_off()
     for ax, (title, key) in zip(axes, panels.items()):
         _on_slide(ax, image, scale, shape)
-        labels = pd.Categorical(cells.obs[key].to_numpy()[sel])
+        labels = pd.Categorical(cells.obs[key].to_numpy()[sel])  # the slide's, all drawn or not
         colours = np.array(palette(len(labels.categories)))
-        ok = labels.codes >= 0
-        ax.scatter(*xy[ok].T, s=size, c=colours[labels.codes[ok]], linewidths=0, rasterized=True)
+        codes = labels.codes[drawn]
+        ok = codes >= 0
+        ax.scatter(*xy[ok].T, s=size, c=colours[codes[ok]], linewidths=0, rasterized=True)
         name = title if title.startswith("ground") else f"Leiden on {title}"
-        ax.set_title(f"{name}: {len(labels.categories)} clusters", fontsize=10)
+        shown = set(largest_clusters(labels))
+        note = _shown_note(len(shown), len(labels.categories)).replace("shown", "in the legend")
+        ax.set_title(f"{name}: {len(labels.categories)} clusters{note}", fontsize=10)
         handles = [
             matplotlib.lines.Line2D([], [], ls="", marker="o", color=colours[i], label=str(c))
             for i, c in enumerate(labels.categories)
+            if str(c) in shown
         ]
         ax.legend(
             handles=handles,
@@ -110,21 +134,35 @@ def cluster_maps(cells, tiles, slide: str, keys: dict[str, str], config, path) -
             handletextpad=0.1,
             columnspacing=0.6,
         )
-    fig.suptitle(f"{slide}: cells coloured by cluster ({len(xy):,} cells)")
+    n = f"{len(sel):,} cells" if len(xy) == len(sel) else f"{len(xy):,} of {len(sel):,} cells drawn"
+    fig.suptitle(f"{slide}: cells coloured by cluster ({n})")
     return save(fig, path)
 
 
+def _map_sample(n: int, seed: int) -> np.ndarray:
+    """Positions of the cells a map draws: all, or a seeded sample of `MAP_CELLS` (sorted), the
+    same in every panel."""
+    if n <= MAP_CELLS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAP_CELLS, replace=False))
+
+
 def composition(cells, keys: dict[str, str], type_key: str, path) -> pathlib.Path:
-    """Per clustering, the fraction of each cluster's cells of each type (rows sum to 1)."""
+    """Per clustering, the fraction of each cluster's cells of each type (rows sum to 1; the
+    `SHOWN_CLUSTERS` largest clusters)."""
     fig = Figure(figsize=(4.2 * len(keys), 5.0), layout="constrained")
     types = pd.Categorical(cells.obs[type_key].to_numpy())
     for ax, (name, key) in zip(fig.subplots(1, len(keys), squeeze=False)[0], keys.items()):
-        table = pd.crosstab(cells.obs[key].to_numpy(), types, normalize="index")
+        labels = cells.obs[key].to_numpy()
+        shown = set(largest_clusters(labels))
+        table = pd.crosstab(labels, types, normalize="index")
+        table = table.loc[[c for c in table.index if str(c) in shown]]
         im = ax.imshow(table.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=90)
         ax.set_yticks(range(table.shape[0]), [str(c) for c in table.index], fontsize=7)
         ax.set_ylabel("cluster")
-        ax.set_title(f"Leiden on {name}", fontsize=10)
+        note = _shown_note(len(table), cells.obs[key].nunique())
+        ax.set_title(f"Leiden on {name}{note}", fontsize=10)
     fig.colorbar(im, ax=fig.axes, shrink=0.6, label=f"fraction of the cluster's cells ({type_key})")
     return save(fig, path)
 
@@ -136,33 +174,49 @@ def _top_markers(out: pathlib.Path, name: str, n: int = 3) -> dict[str, list[str
 
 
 def marker_dotplot(log, key: str, top: dict[str, list[str]], path) -> pathlib.Path:
+    """scanpy's dot plot of each cluster's top markers (the `SHOWN_CLUSTERS` largest clusters)."""
     import scanpy as sc
 
-    top = {c: genes for c, genes in top.items() if genes}
+    labels = pd.Categorical(log.obs[key].to_numpy())
+    shown = largest_clusters(labels)
+    title = None
+    if len(shown) < len(labels.categories):  # only the shown clusters' cells, as rows
+        log = log[log.obs[key].isin(shown).to_numpy()].copy()
+        log.obs[key] = log.obs[key].cat.remove_unused_categories()
+        title = _shown_note(len(shown), len(labels.categories)).strip(" ()")
+    top = {c: genes for c, genes in top.items() if genes and c in set(shown)}
     order = sorted(top, key=lambda c: int(c) if c.isdigit() else c)
-    dp = sc.pl.dotplot(log, {c: top[c] for c in order}, groupby=key, return_fig=True, show=False)
+    dp = sc.pl.dotplot(
+        log, {c: top[c] for c in order}, groupby=key, return_fig=True, show=False, title=title
+    )
     dp.make_figure()
     return save(dp.fig, path)
 
 
 def violins(log, key: str, genes: list[str], seed: int, path) -> pathlib.Path:
     """One row per gene: its log-normalised expression in each cluster (at most 2000 cells drawn
-    per cluster, seeded), in the clusters' map colours."""
+    per cluster, seeded; the `SHOWN_CLUSTERS` largest clusters), in the clusters' map colours."""
     labels = pd.Categorical(log.obs[key].to_numpy())
+    shown = set(largest_clusters(labels))
     rng = np.random.default_rng(seed)
-    groups = []
-    for i in range(len(labels.categories)):
+    groups, names, colours = [], [], []
+    for i, (c, colour) in enumerate(zip(labels.categories, palette(len(labels.categories)))):
+        if str(c) not in shown:
+            continue
         members = np.flatnonzero(labels.codes == i)
         groups.append(np.sort(rng.choice(members, min(2000, len(members)), replace=False)))
-    colours = palette(len(groups))
+        names.append(str(c))
+        colours.append(colour)
     fig = Figure(
         figsize=(max(4.0, 0.45 * len(groups) + 1.5), 1.6 * len(genes)), layout="constrained"
     )
     axes = fig.subplots(len(genes), 1, squeeze=False, sharex=True)[:, 0]
+    drawn = log.X[np.concatenate(groups)]  # only the drawn cells' values are read
+    start = np.cumsum([0] + [len(m) for m in groups])
     for ax, g in zip(axes, genes):
-        x = log[:, g].X
+        x = drawn[:, [log.var_names.get_loc(g)]]
         x = np.asarray(x.toarray() if hasattr(x, "toarray") else x).ravel()
-        data = [x[m] for m in groups]
+        data = [x[start[i] : start[i + 1]] for i in range(len(groups))]
         # A constant group has no density: shown as its value, not as a failed kernel estimate.
         varied = [i for i, d in enumerate(data) if len(d) > 1 and np.ptp(d) > 0]
         if varied:
@@ -172,9 +226,10 @@ def violins(log, key: str, genes: list[str], seed: int, path) -> pathlib.Path:
                 body.set_alpha(0.85)
         ax.scatter(range(len(data)), [np.median(d) if len(d) else np.nan for d in data], s=8, c="k")
         ax.set_ylabel(g, rotation=0, ha="right", va="center")
-    axes[-1].set_xticks(range(len(groups)), [str(c) for c in labels.categories])
+    axes[-1].set_xticks(range(len(groups)), names, rotation=90 if len(groups) > 20 else 0)
     axes[-1].set_xlabel(f"cluster ({key}); dots: medians")
-    fig.suptitle("log-normalised expression per cluster", fontsize=10)
+    note = _shown_note(len(groups), len(labels.categories))
+    fig.suptitle(f"log-normalised expression per cluster{note}", fontsize=10)
     return save(fig, path)
 
 
@@ -258,6 +313,8 @@ def write_all(out: str | pathlib.Path, config: ml_collections.ConfigDict) -> lis
     cells = anndata.read_h5ad(out / "cells.h5ad")
     names = list(clusters.representations(cells))
     keys = {n: f"leiden_{n}" for n in names}
+    for k in [k for k in cells.obsm if k != "spatial"]:
+        del cells.obsm[k]  # the embeddings (0.4 GB at 0.5 M cells) are drawn by no figure
     for s in slides:
         paths.append(cluster_maps(cells, tiles, s, keys, config, figs / f"clusters_{s}.png"))
     type_key = config.analysis.cell_type_key

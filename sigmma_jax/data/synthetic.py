@@ -33,7 +33,8 @@ the same tissue at any ``pixel_size_um``; only the rendering changes):
   neighbours (segmentation bleed).  Six control probes (NegControl*, BLANK*) at ~0.02 per cell.
 
 The Visium demo (synthetic_visium.py) reuses the noise fields, the overlap removal, the cell
-stamping (`_stamp_params`, `_stamp_cells`) and the pyramid writer (`_write_pyramid`).
+stamping (`_stamp_params`, `_stamp_cells`) and the pyramid writer (`write_pyramid`), which the
+mosaic of the embedding benchmark (tools/bench/embed.py) reuses too.
 """
 
 from __future__ import annotations
@@ -539,10 +540,10 @@ def _write_wsi(
         rng_strip = np.random.default_rng(strip_seeds[y0 // _STRIP])
         return _render_strip(f, cp, px, y0, h, side, tex, rng_strip)
 
-    _write_pyramid(path, (side, side), px, render)
+    write_pyramid(path, (side, side), px, render)
 
 
-def _write_pyramid(
+def write_pyramid(
     path: pathlib.Path,
     shape: tuple[int, int],
     px: float,
@@ -552,8 +553,10 @@ def _write_pyramid(
 ) -> None:
     """Pyramidal OME BigTIFF (RGB, 256 px zlib tiles, halved levels down to < 1024 px as SubIFDs)
     of `shape` (rows, cols) level-0 px; `render(y0, h)` gives rows [y0, y0 + h) as uint8 RGB, one
-    strip of `_STRIP` rows at a time, in order.  Shared with the Visium demo.  The OME-XML's UUID
-    is `uuid` if given (the same bytes on every run), else a fresh one (tifffile's default)."""
+    strip of `_STRIP` rows at a time, in order.  Shared with the Visium demo and the mosaic of
+    tools/bench/embed.py.  It holds two strips (one compressed, the next rendered) and level 1
+    (a quarter of level 0's bytes).  The OME-XML's UUID is `uuid` if given (the same bytes on
+    every run), else a fresh one (tifffile's default)."""
     import tifffile
 
     height, width = shape
@@ -608,6 +611,9 @@ def _write_pyramid(
         for _ in sides[1:]:
             tif.write(level, subfiletype=1, **opts)
             level = _half(level)
+
+
+_write_pyramid = write_pyramid  # its name in synthetic_visium.py
 
 
 def _check_params(cells: pathlib.Path, params: dict) -> None:

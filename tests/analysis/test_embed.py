@@ -233,3 +233,39 @@ def test_a_xenium_bundle_is_embedded_with_its_cells_parquet_columns(tiny_embeddi
     row = {c: i for i, c in enumerate(ids)}
     want = np.asarray(inp.obsm["spatial"])[[row[c] for c in cells.obs_names]]
     np.testing.assert_allclose(cells.obsm["spatial"], want, atol=1e-6)
+
+
+def test_a_mosaic_lays_its_slides_out_in_rows(tmp_path):
+    """bench embed --mosaic: copy (r, c) is the synthetic slide of seed seed + r * n + c, its
+    cells under suffixed ids at offset centroids and its pixels at the offset in the TIFF (whose
+    strips straddle two rows of copies: 731 px a copy, 256 px a strip)."""
+    from sigmma_jax.data import synthetic
+    from sigmma_jax.tools.bench import embed as bench
+
+    mosaic = bench.write_mosaic(tmp_path / "m", 2, size_um=200.0, seed=3)
+    assert not (tmp_path / "m" / "copies").exists()
+    cells, n = anndata.read_h5ad(mosaic.cells), 0
+    with readers.WSI(mosaic.wsi) as w:
+        side = w.shape[0] // 2
+        assert w.shape == (2 * side, 2 * side) and w.pixel_size_um() == 0.2737
+        for k in range(4):
+            r, c = divmod(k, 2)
+            copy = synthetic.write_synthetic_slide(tmp_path / f"c{k}", seed=3 + k, size_um=200.0)
+            inp = anndata.read_h5ad(copy.cells)
+            n += inp.n_obs
+            mine = cells[[f"{i}_r{r}c{c}" for i in inp.obs_names]]
+            np.testing.assert_array_equal(mine.X.toarray(), inp.X.toarray())
+            np.testing.assert_array_equal(
+                mine.obsm["spatial"], inp.obsm["spatial"] + [c * side, r * side]
+            )
+            assert (mine.obs["cell_type"].to_numpy() == inp.obs["cell_type"].to_numpy()).all()
+            with readers.WSI(copy.wsi) as one:
+                assert one.shape == (side, side)
+                np.testing.assert_array_equal(
+                    w.read(r * side, (r + 1) * side, c * side, (c + 1) * side),
+                    one.read(0, side, 0, side),
+                )
+    assert cells.n_obs == n and cells.obs_names.is_unique
+    assert bench.write_mosaic(tmp_path / "m", 2, size_um=200.0, seed=3) == mosaic  # reused
+    with pytest.raises(ValueError, match="holds the mosaic"):
+        bench.write_mosaic(tmp_path / "m", 2, size_um=200.0, seed=4)
