@@ -8,11 +8,13 @@ clustering with them is reported, and each scale's agreement with the expression
 Marker genes per cluster: the Wilcoxon test of `sc.tl.rank_genes_groups` (one cluster against the
 rest) on the log-normalised expression, computed here (`markers`) for every clustering at once.
 
-Memory stays bounded at a whole slide (0.5 M cells: docs/benchmarks.md): one representation's kNN
-graph at a time; Leiden's igraph graph is built from the graph's CSR arrays (scanpy's
-`get_igraph_from_adjacency` makes a Python tuple per edge, +1.7 GB at 11 M edges); the marker test
-ranks a few genes at a time and sums ranks per cluster with a sparse indicator, where scanpy holds a
-dense clusters x cells mask (12 GB for 26,000 clusters of 445,000 cells, the OOM of issue 10).
+Memory stays bounded at a whole slide (0.45 M cells: docs/benchmarks.md): one representation's kNN
+graph at a time; Leiden's igraph graph gets its edges from the graph's CSR arrays (scanpy's
+`get_igraph_from_adjacency` makes a Python tuple per edge: +2.0 GB at 10.9 M edges, against +0.6
+GB); the marker test ranks a few genes at a time and sums the ranks per cluster with a sparse
+indicator, where scanpy holds a dense clusters x cells mask and copies the other cells once per
+cluster (11.7 GB and an hour per clustering for the 26,183 clusters of 444,986 cells that a mosaic of
+one slide makes: the OOM of issue 10). Labels and marker tables equal scanpy's (tested).
 """
 
 from __future__ import annotations
@@ -122,13 +124,17 @@ def leiden_labels(graph: sp.csr_matrix, resolution: float, seed: int) -> pd.Cate
     import igraph
 
     graph = sp.csr_matrix(graph)
-    graph.sort_indices()
+    # scanpy's `adjacency.nonzero()`: the stored entries in their order, explicit zeros left out
+    # (igraph's result depends on the order of the edges).
+    stored = graph.data != 0
     rows = np.repeat(np.arange(graph.shape[0], dtype=np.int64), np.diff(graph.indptr))
-    edges = np.column_stack([rows, graph.indices.astype(np.int64)])
-    weights = graph.data.astype(np.float64)
-    del rows
+    edges = np.column_stack([rows[stored], graph.indices[stored].astype(np.int64)])
+    weights = graph.data[stored].astype(np.float64)
+    del rows, stored
     g = igraph.Graph(n=graph.shape[0], directed=False)
-    g.add_edges(edges)  # from the array's buffer: twice as fast as Graph(edges=...), no tuples
+    # add_edges reads the array's buffer (+0.6 GB at 10.9 M edges); Graph(edges=array) iterates it
+    # in Python (+1.8 GB) and scanpy's tuples take +2.0 GB.
+    g.add_edges(edges)
     del edges
     igraph.set_random_number_generator(_IgraphRNG(seed))
     try:
