@@ -176,13 +176,13 @@ def fit_estimate(config, abstract, batch_shapes, axis_sizes: dict[str, int]) -> 
     full, cfg = saved(False)
     kept = saved(True)[0] if config.model.remat else full
     blocks = cfg.get("depth") or sum(cfg.get("layers", ())) or 1
-    params = nbytes(abstract.params)
+    params_here = per_device(abstract.params)  # gradients are laid out like the parameters
+    sharded = params_here < nbytes(abstract.params)  # FSDP split some leaf
     backbone = nbytes(abstract.params.get("backbone", {}))
-    sharded = params - per_device(abstract.params)  # what FSDP takes off each device
     r = dict(
         state_gib=per_device(abstract) / GiB,
         batch_gib=nbytes(batch_shapes) / n_dev / GiB,
-        gradients_gib=per_device(abstract.params) / GiB,
+        gradients_gib=params_here / GiB,
         # Gathered for use: a whole block of the backbone, the one computed and the next.
         gathered_gib=(2 * backbone / blocks if sharded else 0) / GiB,
         saved_gib=kept / n_dev / GiB,  # activations are split with the batch
