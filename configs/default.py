@@ -9,8 +9,4 @@ from sigmma_jax import config_base
 
 
 def get_config(arg=None):
-    c = config_base.base_config()
-    c.data.source = "generic"
-    if "demo" in config_base.parse_arg(arg):
-        config_base.apply_demo(c)
-    return c
+    return config_base.sigmma_config("generic", arg)  # ":demo", ":legacy"

@@ -46,9 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.node_budget = 256  # cells per tile after padding; tiles above it follow `overflow`
     d.overflow = "subsample"  # "subsample" (seeded, counted) | "drop" (counted)
     d.graph = "knn"  # "knn" | "radius" | "delaunay", restricted to micro blocks
-    # "block": the graph built inside each micro block | "tile": built over the whole tile, then only
-    # the edges whose two cells share a micro block are kept (the paper's E_micro ⊆ E)
-    d.micro_graph = "block"
+    # "tile": the graph built over the whole tile, then only the edges whose two cells share a micro
+    # block kept (the paper's E_micro ⊆ E) | "block": built inside each micro block (before 2026-12-03)
+    d.micro_graph = "tile"
     d.knn_k = 6
     d.radius_px = 30.0
     d.chunk_rows = 4  # tile rows per shard chunk: the unit of resume and of parallel work
@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.st_tower = "graph"
     m.embed_dim = 256  # shared latent dim
     m.head_dropout = 0.1
+    m.heads = "shared"  # one projection head per modality | "per_scale": one per modality and scale
     # The ViT used when model.backbone == "vit" (any shape); UNI's shape by default.
     m.vit = ml_collections.ConfigDict(
         {k: v for k, v in backbones.ARCHS["uni"].items() if k != "kind"}
@@ -119,10 +120,18 @@ def base_config() -> ml_collections.ConfigDict:
             # "expectation": edge weights are probabilities | "threshold": p > 0.5 (docs/method.md)
             eval_edges="expectation",
             edge_prior=0.5,  # fraction of candidate pairs sampled at initialisation
+            # Meso / macro candidates: "adjacent" (the paper's neighbour-patch constraint: two cells
+            # of the block in different sub-blocks that share a side) | "block" (any pair of the
+            # block not yet an edge: before 2026-12-03, and the fully connected ablations)
+            candidates="adjacent",
         )
     )
-    # input: "log1p_counts" (the tile's summed counts) | a tile feature, e.g. "expression_pcs"
-    m.mlp = ml_collections.ConfigDict(dict(hidden=256, layers=2, input="log1p_counts"))
+    # input: "log1p_normalized" (the tile's summed counts scaled to target_sum, then log1p: library-
+    # size normalised, as the graph tower's cells are) | "log1p_counts" (raw: log1p of what Task 1
+    # predicts; before 2026-12-03) | a tile feature, e.g. "expression_pcs"
+    m.mlp = ml_collections.ConfigDict(
+        dict(hidden=256, layers=2, input="log1p_normalized", target_sum=1e4)
+    )
     # The OmiCLIP-style tower: a transformer over the tile's gene sentence (data.tile_features)
     m.gene_sentence = ml_collections.ConfigDict(
         dict(width=256, depth=4, num_heads=8, mlp_ratio=4.0)
@@ -173,12 +182,20 @@ def base_config() -> ml_collections.ConfigDict:
     e.batch = 64
     e.pca_components = 256
     e.n_genes = 50
-    e.probe_embedding = "projected"  # "projected" (the model's scales, concatenated) | "backbone"
+    e.probe_embedding = "projected"  # "projected" (the heads' embeddings) | "backbone"
+    # How the probe reads a model's scales (evaluation.expression.SCALE_READS): "mean" | "concat" |
+    # one scale; equal_width: at most model.embed_dim PCA components (evaluation.probe)
+    e.probe_scales = "mean"
+    e.equal_width = True
     e.knn_k = 50  # knn_expression: nearest training tiles averaged (BLEEP's predictor)
     # Genes scored: HEST-Bench's var_50genes.json ({"genes": [...]}) when given, else HEST-Bench's
     # procedure on the tiles (sigmma_jax.evaluation.genes)
     e.genes_file = ""
-    e.probe_intercept = False  # HEST-Bench: no intercept
+    # The headline probe fits an intercept (HEST-Bench's does not; results' "hest" has its numbers)
+    e.probe_intercept = True
+    # Units of Task 1's scores: "minmax" (each gene to [0, 1] over the training tiles: MSE on the
+    # paper's scale) | "none" (log1p units)
+    e.target_scale = "minmax"
     # "log1p": log1p of raw counts (HEST-Bench) | "log1p_normalized": counts scaled to
     # eval.target_sum per tile, then log1p
     e.target = "log1p"
@@ -291,7 +308,7 @@ _SIGMMA_ONLY = {
         "xenium_dir",
         "alignment",
     ),
-    "model": ("he_tower", "st_tower", "st", "mlp", "gene_sentence", "l2_normalize"),
+    "model": ("he_tower", "st_tower", "st", "mlp", "gene_sentence", "l2_normalize", "heads"),
     "train": ("scale_weights", "loss"),
     "eval": (
         "pca_components",
@@ -300,8 +317,11 @@ _SIGMMA_ONLY = {
         "knn_k",
         "genes_file",
         "probe_intercept",
+        "probe_scales",
+        "equal_width",
         "target",
         "target_sum",
+        "target_scale",
     ),
 }
 
@@ -492,11 +512,44 @@ def parse_arg(arg: str | None) -> set[str]:
     return {a for a in (arg or "").split(",") if a}
 
 
+# How SIGMMA's graph, baselines and Task 1 were before 2026-12-03 (docs/method.md, "Before
+# 2026-12-03"): `--config=configs/X.py:legacy` reproduces the runs of that time bit for bit.
+LEGACY = {
+    "data.micro_graph": "block",
+    "model.st.candidates": "block",
+    "model.mlp.input": "log1p_counts",
+    "eval.probe_scales": "concat",
+    "eval.equal_width": False,
+    "eval.probe_intercept": False,
+    "eval.target_scale": "none",
+}
+
+
+def apply_legacy(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    for key, value in LEGACY.items():
+        *sections, name = key.split(".")
+        node = c
+        for part in sections:
+            node = node[part]
+        node[name] = value
+    return c
+
+
+def sigmma_config(source: str, arg: str | None) -> ml_collections.ConfigDict:
+    """SIGMMA's config for a data source; the config file's argument adds "demo" (`apply_demo`)
+    and "legacy" (`LEGACY`), e.g. `--config=configs/generic.py:demo,legacy`."""
+    c = base_config()
+    c.data.source = source
+    args = parse_arg(arg)
+    if "demo" in args:
+        apply_demo(c)
+    if "legacy" in args:
+        apply_legacy(c)
+    return c
+
+
 def hest_config(sample_ids: tuple[str, ...], arg: str | None) -> ml_collections.ConfigDict:
     """A HEST-1k cohort: `--config.data.hest_dir=DIR` names the download (README)."""
-    c = base_config()
-    c.data.source = "hest"
+    c = sigmma_config("hest", arg)
     c.data.sample_ids = tuple(sample_ids)
-    if "demo" in parse_arg(arg):
-        apply_demo(c)
     return c

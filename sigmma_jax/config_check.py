@@ -44,12 +44,17 @@ def allowed_names() -> dict[str, Iterable[str]]:
         "model.st_tower": sigmma.ST_TOWERS,
         "model.st.edge_sampling": st_encoder.EDGE_SAMPLING,
         "model.st.eval_edges": st_encoder.EVAL_EDGES,
+        "model.st.candidates": st_encoder.CANDIDATES,
+        "model.heads": sigmma.HEADS,
+        "model.mlp.input": ("log1p_counts", "log1p_normalized", *features.TILE_FEATURES),
         "model.dtype": ("float32", "bfloat16", "float16"),
         # jax.nn.dot_product_attention's implementations ("": XLA chooses)
         "model.attn_impl": ("", "xla", "cudnn"),
         "train.loss": losses.LOSSES,
         "eval.probe_embedding": probe.EMBEDDINGS,
         "eval.target": expression.TARGETS,
+        "eval.target_scale": expression.TARGET_SCALES,
+        "eval.probe_scales": expression.SCALE_READS,
         "evals": evaluation.EVALUATORS,  # each of the list
         "model.variant": st_align_family.VARIANTS,
         "model.encoders": st_align_family.ENCODERS,

@@ -262,6 +262,7 @@ def _tiles_adata(run, manifest, slides, per_tile, observed, preds, with_cells: b
                 run=str(run.path.resolve()),
                 step=run.step,
                 probe_embedding=run.predictors.probe_embedding,
+                probe_scales=run.predictors.probe_scales,
                 eval_genes=[str(g) for g in run.predictors.genes[run.predictors.eval_genes]],
                 knn_k=run.predictors.knn_k,
                 pixel_size_um={sl.name: sl.pixel_size_um for sl in slides},

@@ -1,6 +1,7 @@
-"""Task 1 targets and scores shared by the expression evaluators (`probe`, `knn_expression`):
-tile expression targets and Pearson / MSE per tile and per gene (docs/method.md, "Gene expression
-prediction"). The genes scored are chosen in `sigmma_jax.evaluation.genes`."""
+"""Task 1 targets, inputs and scores shared by the expression evaluators (`probe`,
+`knn_expression`): tile expression targets, the tile embedding a probe reads, and Pearson / MSE per
+tile and per gene (docs/method.md, "Gene expression prediction"). The genes scored are chosen in
+`sigmma_jax.evaluation.genes`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from sigmma_jax.data.features import normalized_log1p
 from sigmma_jax.scales import SCALES
 
 TARGETS = ("log1p", "log1p_normalized")
+# eval.target_scale: the units scores are computed in. "minmax": each gene mapped to [0, 1] by its
+# range over the training tiles, which puts MSE on the scale the SIGMMA paper reports (0.004-0.118;
+# the paper does not say how it scales, and log1p counts give MSEs near 15); "none": log1p units.
+TARGET_SCALES = ("none", "minmax")
+# eval.probe_scales: what of a model's scales the probe reads. "mean": the mean of the scales'
+# embeddings (a single-scale model's one scale), as wide as one scale; "concat": the scales side
+# by side (as wide as all of them: the default before 2026-12-03); or one scale by name.
+SCALE_READS = ("mean", "concat", *SCALES)
 
 
 def tile_targets(
@@ -40,10 +49,28 @@ def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+def target_range(train_y: np.ndarray, how: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(offset, span) per gene that `scores` maps targets and predictions by, (y - offset) / span:
+    "minmax" the training tiles' minimum and range (a constant gene keeps span 1), "none" (0, 1)."""
+    train_y = np.asarray(train_y, np.float64)
+    if how == "none":
+        return np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
+    if how == "minmax":
+        lo, span = train_y.min(0), np.ptp(train_y, axis=0)
+        return lo, np.where(span > 0, span, 1.0)
+    raise ValueError(f"unknown eval.target_scale {how!r}; expected one of {TARGET_SCALES}")
+
+
+def scores(
+    pred: np.ndarray, true: np.ndarray, units: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, float]:
     """Per-tile Pearson (over genes) and per-tile MSE as mean and population sd (ddof=0) across
     tiles, and per-gene Pearson (across tiles) averaged over genes. A tile or gene whose true or
-    predicted values are exactly constant counts as Pearson 0."""
+    predicted values are exactly constant counts as Pearson 0. `units` (`target_range`) maps both
+    sides per gene first; per-gene Pearson does not depend on it."""
+    if units is not None:
+        lo, span = units
+        pred, true = (pred - lo) / span, (true - lo) / span
     pcc_tile = pearson_rows(pred, true)
     mse_tile = ((pred - true) ** 2).mean(axis=1)
     pcc_gene = pearson_rows(pred.T, true.T)
@@ -57,6 +84,14 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     }
 
 
-def features(split: dict, key: str) -> np.ndarray:
-    """A split's embeddings `key` ("he", "st", "he_backbone") with the model's scales concatenated."""
-    return np.concatenate([split[key][s] for s in SCALES if s in split[key]], 1)
+def features(split: dict, key: str, scales: str = "concat") -> np.ndarray:
+    """A split's tile embeddings `key` ("he", "st", "he_backbone") read as `scales` (SCALE_READS)
+    over the scales the model has."""
+    present = [split[key][s] for s in SCALES if s in split[key]]
+    if scales == "concat":
+        return np.concatenate(present, 1)
+    if scales == "mean":
+        return np.mean(np.stack(present), 0)
+    if scales not in split[key]:
+        raise ValueError(f"the model has no {scales!r} scale to probe; it has {list(split[key])}")
+    return np.asarray(split[key][scales])

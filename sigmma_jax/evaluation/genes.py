@@ -18,6 +18,7 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from sigmma_jax import atomic
 from sigmma_jax.data import features, readers
 
 CONTROL_WORDS = ("BLANK", "Control")  # HEST-Benchmark drops names containing these
@@ -68,9 +69,21 @@ def hest_hvgs(tile_counts: np.ndarray, slides: list[str], panel: list[str], n: i
 
 
 def select(config: ml_collections.ConfigDict, manifest: dict, shard_dir) -> np.ndarray:
-    """Panel indices of the genes a run's Task 1 scores (eval.genes_file, else `hest_hvgs`)."""
+    """Panel indices of the genes a run's Task 1 scores (eval.genes_file, else `hest_hvgs`).
+
+    `hest_hvgs` reads every tile of the shard set, so its list is kept beside the shards
+    (task1/genes_HASH_N.json, in HEST's file format) and every later run of the set reads it."""
     if config.eval.genes_file:
         return from_file(config.eval.genes_file, manifest["genes"])
+    n = config.eval.n_genes
+    kept = pathlib.Path(shard_dir) / "task1" / f"genes_{manifest.get('shard_hash', '')}_{n}.json"
+    if kept.exists():
+        return from_file(kept, manifest["genes"])
     counts = np.stack([r["tile_counts"] for r in features.read_records(shard_dir, manifest)])
     slides = [t["slide"] for t in manifest["tiles"]]
-    return hest_hvgs(counts, slides, manifest["genes"], config.eval.n_genes)
+    chosen = hest_hvgs(counts, slides, manifest["genes"], n)
+    try:  # a read-only shard set is still usable: the list is then made once per run
+        atomic.write_json(kept, {"genes": [manifest["genes"][i] for i in chosen]})
+    except OSError:
+        pass
+    return chosen

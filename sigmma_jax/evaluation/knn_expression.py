@@ -56,4 +56,9 @@ def evaluate(embeddings: dict, config) -> dict:
         joint(train, "st"), train["targets"][:, genes], joint(test, "he"), config.eval.knn_k
     )
     true = np.asarray(test["targets"], np.float64)[:, genes]
-    return {**expression.scores(pred, true), "k": min(config.eval.knn_k, len(train["targets"]))}
+    units = expression.target_range(train["targets"][:, genes], config.eval.target_scale)
+    return {
+        **expression.scores(pred, true, units),
+        "k": min(config.eval.knn_k, len(train["targets"])),
+        "target_scale": config.eval.target_scale,
+    }

@@ -29,6 +29,7 @@ class Predictors:
     eval_genes: np.ndarray  # (n,) int: the genes Task 1 scored (`evaluation.genes`)
     probe: probe.Probe
     probe_embedding: str  # "he" (projected) or "he_backbone"
+    probe_scales: str  # how the probe reads the scales (expression.SCALE_READS)
     knn_keys: np.ndarray  # (train tiles, scales * E) float32 joint-space ST embeddings
     knn_targets: np.ndarray  # (train tiles, genes) float32 log1p summed counts
     knn_k: int
@@ -36,7 +37,7 @@ class Predictors:
     def predict(self, embeddings: dict) -> tuple[np.ndarray, np.ndarray]:
         """(probe, kNN) predictions, (tiles, genes) log1p, from a split-like dict with "he" and
         "he_backbone" ({scale: (tiles, D)})."""
-        x = expression.features(embeddings, self.probe_embedding)
+        x = expression.features(embeddings, self.probe_embedding, self.probe_scales)
         query = knn_expression.joint(embeddings, "he")
         knn = knn_expression.knn_expression(self.knn_keys, self.knn_targets, query, self.knn_k)
         return self.probe.predict(x), knn
@@ -45,20 +46,21 @@ class Predictors:
 def fit(train: dict, genes: list[str], config, eval_genes: np.ndarray) -> Predictors:
     """From the training split's embeddings (`inference.embed_split`), the run's config and the
     panel indices Task 1 scored (`evaluation.genes.select`)."""
-    key = probe.EMBEDDINGS[config.eval.probe_embedding]
+    key, scales = probe.EMBEDDINGS[config.eval.probe_embedding], config.eval.probe_scales
     targets = np.asarray(train["targets"], np.float64)
     n_eval = len(eval_genes)
     return Predictors(
         genes=np.asarray(genes, str),
         eval_genes=np.asarray(eval_genes, np.int64),
         probe=probe.fit(
-            expression.features(train, key),
+            expression.features(train, key, scales),
             targets,
-            n_components=config.eval.pca_components,
+            n_components=probe.components(config, scales),
             alpha_genes=n_eval,
             fit_intercept=True,
         ),
         probe_embedding=key,
+        probe_scales=scales,
         knn_keys=knn_expression.joint(train, "st").astype(np.float32),
         knn_targets=targets.astype(np.float32),
         knn_k=int(config.eval.knn_k),
@@ -79,6 +81,7 @@ def save(path: str | os.PathLike, p: Predictors) -> None:
         genes=p.genes.astype(str),
         eval_genes=p.eval_genes,
         probe_embedding=np.asarray(p.probe_embedding),
+        probe_scales=np.asarray(p.probe_scales),
         knn_keys=p.knn_keys,
         knn_targets=p.knn_targets,
         knn_k=np.asarray(p.knn_k),
@@ -94,6 +97,8 @@ def load(path: str | os.PathLike) -> Predictors:
             eval_genes=z["eval_genes"],
             probe=_probe_of(z),
             probe_embedding=str(z["probe_embedding"]),
+            # files written before 2026-12-03 read the scales concatenated
+            probe_scales=str(z["probe_scales"]) if "probe_scales" in z else "concat",
             knn_keys=z["knn_keys"],
             knn_targets=z["knn_targets"],
             knn_k=int(z["knn_k"]),

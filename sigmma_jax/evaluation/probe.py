@@ -1,5 +1,14 @@
 """Task 1 by HEST-Benchmark's linear probe on the HE embeddings (docs/method.md, "Gene expression
-prediction"): StandardScaler -> PCA -> Ridge, fit on the training tiles, scored on the test tiles."""
+prediction"): StandardScaler -> PCA -> Ridge, fit on the training tiles, scored on the test tiles.
+
+The headline reads every method at the same width (`eval.equal_width`: at most `model.embed_dim`
+PCA components, whatever the number of scales), its own tile embedding (`eval.probe_scales`: the
+mean of its scales), with an intercept and targets scaled per gene to [0, 1]
+(`eval.target_scale`), so a predictor right up to each gene's mean is not scored as wrong. Beside
+it: `hest`, HEST-Benchmark's own protocol (no intercept, log1p units; its per-gene PCC is the
+leaderboard's number), and `variants`, the same probe on each scale alone, the mean, the old
+concatenation and the backbone's embeddings, each labelled with its width.
+"""
 
 from __future__ import annotations
 
@@ -92,6 +101,7 @@ def linear_probe(
     genes: np.ndarray | None = None,
     n_components: int = 256,
     fit_intercept: bool = False,
+    target_scale: str = "none",
     seed: int = 0,
 ) -> dict[str, float]:
     """HEST-Benchmark linear probe (`fit`) on the columns `genes` of the targets (None: all;
@@ -110,6 +120,8 @@ def linear_probe(
     Returns per-tile Pearson (over the chosen genes) and per-tile MSE as mean and population sd
     (ddof=0) across test tiles, and per-gene Pearson (across test tiles) averaged over genes.
     A tile or gene whose true or predicted values are exactly constant counts as Pearson 0.
+    `target_scale` ("none" | "minmax") are the units of the scores (`expression.target_range`, from
+    the training tiles); ridge is equivariant to them, so it is the same as fitting in them.
     """
     train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
     train_y, test_y = np.asarray(train_y, np.float64), np.asarray(test_y, np.float64)
@@ -120,25 +132,68 @@ def linear_probe(
     if genes is not None:
         train_y, test_y = train_y[:, genes], test_y[:, genes]
     probe = fit(train_x, train_y, n_components=n_components, fit_intercept=fit_intercept, seed=seed)
+    units = expression.target_range(train_y, target_scale)
     return {
-        **expression.scores(probe.predict(test_x), test_y),
+        **expression.scores(probe.predict(test_x), test_y, units),
         "n_components": int(probe.coef.shape[1]),
         "fit_intercept": bool(fit_intercept),
     }
 
 
-def evaluate(embeddings: dict, config) -> dict:
-    """The probe on the model's projected HE embeddings (or the backbone's: eval.probe_embedding),
-    on the genes of `embeddings["genes"]`, with eval.probe_intercept."""
-    key = EMBEDDINGS[config.eval.probe_embedding]
+def components(config, scales: str) -> int:
+    """The PCA components the probe keeps at most when it reads `scales`: eval.pca_components, and
+    with eval.equal_width no more than the joint space's width, so a model's number of scales does
+    not set it. The concatenation keeps its own width (as wide as its scales together): what it
+    measured before equal widths."""
+    e = config.eval
+    if e.equal_width and scales != "concat":
+        return min(e.pca_components, config.model.embed_dim)
+    return e.pca_components
+
+
+def variants(split: dict, embedding: str) -> list[str]:
+    """The inputs `evaluate` reports for a split's embeddings: "EMBEDDING/SCALES" for each scale
+    alone and, with several, their mean and concatenation; the projected ones only when the
+    headline reads them (a frozen backbone's heads are untrained)."""
+    out = []
+    for name, key in EMBEDDINGS.items():
+        if name == "projected" and embedding != "projected":
+            continue
+        scales = list(split[key])
+        out += [f"{name}/{s}" for s in scales] + (
+            [f"{name}/mean", f"{name}/concat"] if len(scales) > 1 else []
+        )
+    return out
+
+
+def _probe_input(embeddings: dict, config, read: str, **kw) -> dict:
+    embedding, scales = read.split("/")
+    key = EMBEDDINGS[embedding]
     train, test = embeddings["train"], embeddings["test"]
-    result = linear_probe(
-        expression.features(train, key),
+    return linear_probe(
+        expression.features(train, key, scales),
         train["targets"],
-        expression.features(test, key),
+        expression.features(test, key, scales),
         test["targets"],
         genes=embeddings["genes"],
-        n_components=config.eval.pca_components,
-        fit_intercept=config.eval.probe_intercept,
+        n_components=components(config, scales),
+        **kw,
     )
-    return dict(result, target=config.eval.target)
+
+
+def evaluate(embeddings: dict, config) -> dict:
+    """The probe on the genes of `embeddings["genes"]`: the headline (module docstring) on
+    eval.probe_embedding read as eval.probe_scales, `hest` (HEST-Benchmark's protocol on the same
+    input) and `variants` (every input of `variants`, with the headline's settings)."""
+    e = config.eval
+    own = dict(fit_intercept=e.probe_intercept, target_scale=e.target_scale)
+    read = f"{e.probe_embedding}/{e.probe_scales}"
+    result = dict(_probe_input(embeddings, config, read, **own), input=read, target=e.target)
+    result["target_scale"] = e.target_scale
+    hest = _probe_input(embeddings, config, read, fit_intercept=False, target_scale="none")
+    result["hest"] = {k: hest[k] for k in ("pcc_gene_mean", "pcc_tile_mean", "mse_tile_mean")}
+    result["variants"] = {
+        v: _probe_input(embeddings, config, v, **own)
+        for v in variants(embeddings["train"], e.probe_embedding)
+    }
+    return result

@@ -25,6 +25,7 @@ from sigmma_jax.models.heads import ProjectionHead
 from sigmma_jax.models.st_encoder import STEncoder
 from sigmma_jax.scales import SCALES
 
+HEADS = ("shared", "per_scale")  # model.heads
 HE_TOWERS = {"multi_crop": MultiCrop, "whole_tile": WholeTile}
 # Each ST tower is built from its own config section: model.st for "graph", model.mlp for "mlp",
 # model.gene_sentence for "gene_sentence".
@@ -42,6 +43,7 @@ class SIGMMA(nn.Module):
     scales: tuple[str, ...] = SCALES
     embed_dim: int = 256
     head_dropout: float = 0.1
+    heads: str = "shared"  # model.heads: one head per modality | "per_scale": one per scale too
     l2_normalize: bool = True
     temperature_init: float = 0.07
     learn_temperature: bool = True
@@ -49,11 +51,21 @@ class SIGMMA(nn.Module):
 
     def setup(self):
         self.he = HE_TOWERS[self.he_tower](self.backbone)
-        self.he_head = ProjectionHead(self.embed_dim, self.head_dropout, self.l2_normalize)
-        self.st_head = ProjectionHead(self.embed_dim, self.head_dropout, self.l2_normalize)
+
+        def head():
+            return ProjectionHead(self.embed_dim, self.head_dropout, self.l2_normalize)
+
+        if self.heads == "per_scale":  # parameters "he_head_micro", ...
+            self.he_head = {s: head() for s in self.scales}
+            self.st_head = {s: head() for s in self.scales}
+        else:
+            self.he_head, self.st_head = head(), head()
         self.log_temperature = self.param(
             "log_temperature", nn.initializers.constant(jnp.log(self.temperature_init)), ()
         )
+
+    def _head(self, heads, scale: str) -> nn.Module:
+        return heads[scale] if self.heads == "per_scale" else heads
 
     def temperature(self) -> jax.Array:
         t = jnp.exp(self.log_temperature)
@@ -66,7 +78,7 @@ class SIGMMA(nn.Module):
         {"he": {scale: (B, E)}, "he_backbone": {scale: (B, D)}}."""
         he_raw = self.he(images)
         return dict(
-            he={s: self.he_head(he_raw[s], train) for s in self.scales},
+            he={s: self._head(self.he_head, s)(he_raw[s], train) for s in self.scales},
             he_backbone={s: he_raw[s] for s in self.scales},
         )
 
@@ -75,7 +87,7 @@ class SIGMMA(nn.Module):
         st_raw = self.st(batch["graph"], train)
         return dict(
             **self.encode_he(batch["image"], train),
-            st={s: self.st_head(st_raw[s], train) for s in self.scales},
+            st={s: self._head(self.st_head, s)(st_raw[s], train) for s in self.scales},
             temperature=self.temperature(),
         )
 
@@ -114,6 +126,7 @@ def build(config: ml_collections.ConfigDict, backbone: nn.Module) -> SIGMMA:
         scales=model_scales(config),
         embed_dim=m.embed_dim,
         head_dropout=m.head_dropout,
+        heads=m.heads,
         l2_normalize=m.l2_normalize,
         temperature_init=m.temperature_init,
         learn_temperature=m.learn_temperature,

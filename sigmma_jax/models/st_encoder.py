@@ -1,9 +1,10 @@
 """Hierarchical cell-graph ST encoder g (docs/method.md, "ST encoder"; SIGMMA §4 and §5.2).
 
 micro: GraphSAGE on the kNN graph inside micro blocks -> attention pool -> z_micro.
-meso / macro: candidate pairs inside the coarser block that are not yet edges are scored by an MLP,
-sampled as relaxed Bernoulli edges (Gumbel-softmax), added to the graph with their sample as weight,
-and GraphSAGE continues from the previous node states -> z_meso, z_macro.
+meso / macro: candidate pairs, by the paper's neighbour-patch constraint two cells of the coarser
+block in sub-blocks that share a side (`candidate_mask`), that are not yet edges are scored by an
+MLP, sampled as relaxed Bernoulli edges (Gumbel-softmax), added to the graph with their sample as
+weight, and GraphSAGE continues from the previous node states -> z_meso, z_macro.
 
 Tiles are viewed densely, (B, N, ...) nodes and (B, N, N) adjacency: with N <= 512 the O(N^2)
 candidate matrices are cheap and dense matmuls suit accelerators better than scatters.
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from sigmma_jax.scales import GRID, SCALES, block_ids
+from sigmma_jax.scales import GRID, MICRO_PER_SIDE, SCALES, block_ids
 
 NEG = -1e9
 
@@ -63,6 +64,28 @@ class AttentionPool(nn.Module):
 
 EDGE_SAMPLING = ("gumbel", "full", "none")  # model.st.edge_sampling
 EVAL_EDGES = ("expectation", "threshold")  # model.st.eval_edges
+CANDIDATES = ("adjacent", "block")  # model.st.candidates
+
+
+def candidate_mask(blocks, scale: str, rule: str = "adjacent"):
+    """(B, N, N) pairs of cells that may be joined at `scale` ("meso" | "macro"), from their micro
+    blocks (B, N, 2). "block": both in the same block of the scale. "adjacent" (SIGMMA §5.2, "we
+    enforce a neighbor-patch constraint that allows edges to form only between nodes in adjacent
+    patches"): besides, in different sub-blocks (the previous scale's blocks: micro inside a meso
+    block, meso inside the tile) that share a side. A stage then links neighbouring patches of the
+    stage before instead of re-linking cells of one patch, and never joins two cells that the
+    previous stage's blocks already held together. Self pairs, padding and existing edges are left
+    to the caller."""
+    if rule not in CANDIDATES:
+        raise ValueError(f"unknown model.st.candidates {rule!r}; use one of {CANDIDATES}")
+    ids = block_ids(blocks, GRID[scale])
+    same = ids[:, :, None] == ids[:, None, :]
+    if rule == "block":
+        return same
+    finer = SCALES[SCALES.index(scale) - 1]
+    sub = blocks.astype("int32") // (MICRO_PER_SIDE // GRID[finer])
+    apart = jnp.abs(sub[:, :, None, :] - sub[:, None, :, :]).sum(-1)
+    return same & (apart == 1)
 
 
 class EdgeSampler(nn.Module):
@@ -143,6 +166,7 @@ class STEncoder(nn.Module):
     straight_through: bool = True
     eval_edges: str = "expectation"
     edge_prior: float = 0.5
+    candidates: str = "adjacent"  # model.st.candidates (`candidate_mask`)
     scales = SCALES
 
     @nn.compact
@@ -159,10 +183,6 @@ class STEncoder(nn.Module):
         n = mask.shape[1]
         pair = mask[:, :, None] & mask[:, None, :] & ~jnp.eye(n, dtype=bool)
 
-        def same_block(scale):
-            ids = block_ids(blocks, GRID[scale])
-            return ids[:, :, None] == ids[:, None, :]
-
         def layers(h, adj, scale):
             for i in range(self.layers_per_scale):
                 h = SAGE(self.hidden, name=f"sage_{scale}_{i}")(h, adj)
@@ -174,13 +194,15 @@ class STEncoder(nn.Module):
         # the cell-level multi-scale embeddings; padded rows are dropped there by the node mask.
         self.sow("intermediates", "nodes_micro", h)
         out["micro"] = AttentionPool(self.hidden, name="pool_micro")(h, mask)
+        real = mask.sum()
+        self.sow("stats", "graph_micro_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1))
         # Pairs that are edges for sure: not candidates again. With expectation weights at
         # evaluation no added edge is sure, so a meso candidate is a candidate again at macro.
         existing = adj > 0
         expectation = not train and self.eval_edges == "expectation"
-        real = mask.sum()
         for scale in SCALES[1:]:
-            cand = jax.lax.stop_gradient(pair & same_block(scale) & ~existing)
+            allowed = candidate_mask(blocks, scale, self.candidates)
+            cand = jax.lax.stop_gradient(pair & allowed & ~existing)
             y = EdgeSampler(
                 self.edge_hidden,
                 self.gumbel_tau,

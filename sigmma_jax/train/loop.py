@@ -321,11 +321,12 @@ def _train_and_evaluate(
         "eval_seconds": round(time.time() - t0, 1),
         "preprocessing": manifest["report"],
     }
+    log = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
+    history = metrics.read_history(log) if log.exists() else None
+    if graph := metrics.graph_density(history or []):
+        results["graph"] = graph
     files = family.finish(workdir, config, manifest, embeddings, run.evaluate.context, results)
     if jax.process_index() == 0:
-        history = workdir / "metrics.jsonl"  # absent when nothing was trained (train.steps=0)
-        report = family.write_report(
-            workdir, results, metrics.read_history(history) if history.exists() else None
-        )
+        report = family.write_report(workdir, results, history)
         logging.info("results: %s", ", ".join(map(str, report + files)))
     return results

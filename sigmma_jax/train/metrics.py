@@ -36,6 +36,19 @@ def read_history(path: str | pathlib.Path) -> list[dict]:
     return records
 
 
+def graph_density(history: list[dict], last: int = 5) -> dict[str, dict[str, float]]:
+    """The ST graph's growth as training left it, {scale: {"degree": mean edges per cell,
+    "sampled": fraction of the candidates drawn}}: each logged `graph_{scale}_{what}` averaged over
+    the last `last` logged steps (each one batch). {} for a model without the graph tower."""
+    out: dict[str, dict[str, float]] = {}
+    logged = [h for h in history if any(k.startswith("graph_") for k in h)][-last:]
+    for key in sorted({k for h in logged for k in h if k.startswith("graph_")}):
+        _, scale, what = key.split("_", 2)
+        vals = [h[key] for h in logged if key in h]
+        out.setdefault(scale, {})[what] = round(sum(vals) / len(vals), 4)
+    return out
+
+
 class MetricsWriter:
     def __init__(self, workdir: pathlib.Path, resume_step: int):
         workdir = pathlib.Path(workdir)

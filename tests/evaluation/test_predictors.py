@@ -23,7 +23,18 @@ def _splits(rng, sizes, genes=30, dim=12):
 
 def _config():
     return ml_collections.ConfigDict(
-        dict(eval=dict(probe_embedding="projected", n_genes=10, pca_components=16, knn_k=7))
+        dict(
+            model=dict(embed_dim=12),
+            eval=dict(
+                probe_embedding="projected",
+                probe_scales="mean",
+                equal_width=True,
+                n_genes=10,
+                pca_components=16,
+                knn_k=7,
+                target_scale="none",
+            ),
+        )
     )
 
 
@@ -40,15 +51,16 @@ def test_saved_predictors_reproduce_the_evaluated_probe_and_knn(tmp_path):
     with np.load(tmp_path / "p.npz", allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
     p = predictors.load(tmp_path / "p.npz")
-    assert p.genes.tolist() == genes and p.probe_embedding == "he"
+    assert p.genes.tolist() == genes and (p.probe_embedding, p.probe_scales) == ("he", "mean")
     pred, knn = p.predict(test)
     assert pred.shape == knn.shape == (40, 30)
     np.testing.assert_array_equal(p.eval_genes, hvg)
     got = expression.scores(pred[:, hvg], test["targets"][:, hvg])
-    args = [expression.features(train, "he"), train["targets"]]
-    args += [expression.features(test, "he"), test["targets"]]
-    for intercept in (True, False):
-        ref = probe.linear_probe(*args, genes=hvg, n_components=16, fit_intercept=intercept)
+    args = [expression.features(train, "he", "mean"), train["targets"]]
+    args += [expression.features(test, "he", "mean"), test["targets"]]
+    for intercept in (True, False):  # equal width: the embedding's 12 components, not 16
+        ref = probe.linear_probe(*args, genes=hvg, n_components=12, fit_intercept=intercept)
+        assert ref["n_components"] == 12
         # With an intercept, all the same; without, the same per-gene PCC (an offset per gene).
         for k in ("pcc_gene_mean", "pcc_tile_mean", "mse_tile_mean")[: 3 if intercept else 1]:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)

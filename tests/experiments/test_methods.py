@@ -47,18 +47,20 @@ def test_a_single_scale_model_is_trained_and_evaluated_on_macro_alone(tiny_shard
     res = evaluation.evaluate(emb, c, {"genes": genes})
     r = res["retrieval"]["he_to_st"]
     assert set(r) == {"macro", "combined"} and r["combined"] == r["macro"]
-    # The probe reads the macro embedding (embed_dim wide), not a concatenation of scales.
+    # The probe reads the macro embedding (embed_dim wide), not a concatenation of scales: the
+    # headline with intercept in min-max units, HEST's without intercept in log1p units.
+    args = [emb[s][k] for s in ("train", "test") for k in ("he", "targets")]
+    args[0], args[2] = args[0]["macro"], args[2]["macro"]
+    n = c.eval.pca_components
     want = probe.linear_probe(
-        emb["train"]["he"]["macro"],
-        emb["train"]["targets"],
-        emb["test"]["he"]["macro"],
-        emb["test"]["targets"],
-        genes=genes,
-        n_components=c.eval.pca_components,
+        *args, genes=genes, n_components=n, fit_intercept=True, target_scale="minmax"
     )
-    assert expression.features(emb["test"], "he").shape[1] == c.model.embed_dim
+    hest = probe.linear_probe(*args, genes=genes, n_components=n)
+    assert expression.features(emb["test"], "he", "mean").shape[1] == c.model.embed_dim
+    assert res["probe"]["input"] == "projected/mean"
     for k in ("pcc_tile_mean", "mse_tile_mean", "pcc_gene_mean"):
         assert res["probe"][k] == pytest.approx(want[k], rel=1e-6)
+        assert res["probe"]["hest"][k] == pytest.approx(hest[k], rel=1e-6)
 
 
 def test_frozen_backbone_probes_the_backbone_on_the_whole_tile(tiny_shards):

@@ -168,10 +168,12 @@ def test_edge_prior_sets_the_sampled_fraction_at_initialisation():
 
 
 def test_expectation_weights_are_probabilities_across_scales():
-    """At evaluation a pair considered at meso and again at macro weighs 1-(1-p_meso)(1-p_macro)."""
+    """At evaluation a pair considered at meso and again at macro weighs 1-(1-p_meso)(1-p_macro).
+    (Only whole-block candidates consider a pair twice: adjacent sub-blocks at meso lie in one
+    meso block, and macro's join two.)"""
     t = tile(n=50, seed=2)
     graph = _batch([t], 56, 600)
-    model = _encoder(edge_prior=0.7)
+    model = _encoder(edge_prior=0.7, candidates="block")
     params = {"params": model.init(jax.random.PRNGKey(0), graph)["params"]}
     _, state = model.apply(params, graph, False, mutable=["intermediates"])
     inter = state["intermediates"]
