@@ -8,6 +8,7 @@
     python -m sigmma_jax.bench loss_noise --config=configs/demo.py --workdir=W  # loss swings: why
     python -m sigmma_jax.bench embed --run=RUN  # a trained run on a whole slide, then clusters
     python -m sigmma_jax.bench transcripts --n_transcripts=3000000  # HEST reader vs pyarrow
+    python -m sigmma_jax.bench probe_curve --curve_runs=RUN,RUN  # Task 1 vs training tiles
     python -m sigmma_jax.bench gpu --out=gpu.json  # when a GPU is lent: step, MFU, memory, demo
 
 Figures and the commands that made them: docs/benchmarks.md. How: `sigmma_jax.tools.bench`.

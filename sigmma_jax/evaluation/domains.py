@@ -72,6 +72,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sigmma_jax import atomic
+from sigmma_jax.evaluation import markdown as md
 
 SPLITS = ("test",)
 METHODS = ("kmeans", "gmm")
@@ -340,7 +341,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(result: dict) -> list[str]:
+def result_markdown(result: dict) -> list[str]:
     """results.md lines: per method an ARI table (rows = embeddings, columns = slides and overall),
     then overall NMI, then what was skipped."""
     slides = list(result["slides"])
@@ -523,3 +524,6 @@ def draw(
     with atomic.open_atomic(path, "wb") as f:
         fig.savefig(f, format="png", dpi=dpi)
     return path
+
+
+markdown = md.per_model("domains", result_markdown)  # results.md: sigmma_jax.evaluation.markdown

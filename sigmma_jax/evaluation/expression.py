@@ -95,3 +95,35 @@ def features(split: dict, key: str, scales: str = "concat") -> np.ndarray:
     if scales not in split[key]:
         raise ValueError(f"the model has no {scales!r} scale to probe; it has {list(split[key])}")
     return np.asarray(split[key][scales])
+
+
+# --------------------------------------------------------------------------- results.md
+
+ROWS = (
+    ("PCC per tile", "pcc_tile_mean", "pcc_tile_sd"),
+    ("MSE per tile", "mse_tile_mean", "mse_tile_sd"),
+    ("PCC per gene", "pcc_gene_mean", None),
+    ("genes", "n_genes", None),
+    ("PCA components", "n_components", None),
+    ("neighbours", "k", None),
+    ("units", "target_scale", None),
+    ("probe input", "input", None),
+)
+
+
+def table(by_model: dict, rows=ROWS) -> list[str]:
+    """A metric per row (mean ± sd across test tiles where there is an sd), a model per column."""
+    from sigmma_jax.evaluation import markdown as md
+
+    lines = []
+    for label, mean_key, sd_key in rows:
+        if all(r.get(mean_key) is None for r in by_model.values()):
+            continue
+        cells = []
+        for r in by_model.values():
+            cell = md.fmt(r.get(mean_key))
+            if sd_key and r.get(sd_key) is not None:
+                cell += f" ± {md.fmt(r[sd_key])}"
+            cells.append(cell)
+        lines.append([label] + cells)
+    return md.table(["metric", *by_model], lines)

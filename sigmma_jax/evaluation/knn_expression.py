@@ -62,3 +62,12 @@ def evaluate(embeddings: dict, config) -> dict:
         "k": min(config.eval.knn_k, len(train["targets"])),
         "target_scale": config.eval.target_scale,
     }
+
+
+def markdown(by_model: dict, results: dict) -> list[str]:
+    del results
+    title = (
+        "## Gene expression prediction: mean of the nearest training tiles in the joint space, "
+        "BLEEP's predictor (mean ± sd over test tiles)"
+    )
+    return [title, ""] + expression.table(by_model) + [""]

@@ -181,6 +181,37 @@ def _probe_input(embeddings: dict, config, read: str, **kw) -> dict:
     )
 
 
+def learning_curve(
+    embeddings: dict, config, reads: list[str], sizes: list[int], repeats: int = 3, seed: int = 0
+) -> dict[str, dict[int, list[float]]]:
+    """Per-gene PCC of the headline probe on seeded subsets of `n` training tiles for each n of
+    `sizes` (at most all of them) and each input of `reads`: {read: {n: [mean, sd] over
+    repeats}}. Where the concatenation of scales stops costing against their mean is where there
+    are enough tiles for its width."""
+    e = config.eval
+    own = dict(fit_intercept=e.probe_intercept, target_scale=e.target_scale)
+    train = embeddings["train"]
+    n_train = len(train["targets"])
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[int, list[float]]] = {r: {} for r in reads}
+    for n in sorted({min(n, n_train) for n in sizes}):
+        draws = [np.sort(rng.choice(n_train, n, replace=False)) for _ in range(repeats)]
+        for read in reads:
+            vals = []
+            for idx in draws:
+                sub = {
+                    k: ({s: x[idx] for s, x in v.items()} if isinstance(v, dict) else v[idx])
+                    for k, v in train.items()
+                }
+                res = _probe_input(dict(embeddings, train=sub), config, read, **own)
+                vals.append(res["pcc_gene_mean"])
+            out[read][int(n)] = [
+                float(np.mean(vals)),
+                float(np.std(vals, ddof=1)) if repeats > 1 else 0.0,
+            ]
+    return out
+
+
 def evaluate(embeddings: dict, config) -> dict:
     """The probe on the genes of `embeddings["genes"]`: the headline (module docstring) on
     eval.probe_embedding read as eval.probe_scales, `hest` (HEST-Benchmark's protocol on the same
@@ -197,3 +228,38 @@ def evaluate(embeddings: dict, config) -> dict:
         for v in variants(embeddings["train"], e.probe_embedding)
     }
     return result
+
+
+def markdown(by_model: dict, results: dict) -> list[str]:
+    """The headline table; HEST-Benchmark's protocol on the same input; then every input variant
+    of the trained model (or the first column), per-tile PCC, MSE and per-gene PCC at its width."""
+    from sigmma_jax.evaluation import markdown as md
+
+    del results
+    lines = [
+        "## Gene expression prediction: linear probe on HE embeddings (mean ± sd over test tiles)",
+        "",
+        *expression.table(by_model),
+        "",
+        "HEST-Benchmark's protocol on the same input (no intercept, log1p units; its per-gene PCC "
+        "is the leaderboard's number):",
+        "",
+    ]
+    hest = {m: r["hest"] for m, r in by_model.items() if "hest" in r}
+    lines += expression.table(hest) + [""] if hest else []
+    model, result = next(((m, r) for m, r in by_model.items() if r.get("variants")), (None, {}))
+    if result:
+        lines += [f"What the probe reads ({model}; the headline's settings):", ""]
+        rows = [
+            [
+                f"`{v}`" + (" (headline)" if v == result.get("input") else ""),
+                str(s["n_components"]),
+                f"{md.fmt(s['pcc_tile_mean'])} ± {md.fmt(s['pcc_tile_sd'])}",
+                f"{md.fmt(s['mse_tile_mean'])} ± {md.fmt(s['mse_tile_sd'])}",
+                md.fmt(s["pcc_gene_mean"]),
+            ]
+            for v, s in result["variants"].items()
+        ]
+        header = ["input", "width", "PCC per tile", "MSE per tile", "PCC per gene"]
+        lines += md.table(header, rows) + [""]
+    return lines

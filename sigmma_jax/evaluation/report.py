@@ -9,40 +9,28 @@ importing this module never switches the backend of a notebook or another caller
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sigmma_jax import atomic
+from sigmma_jax.evaluation import markdown as md
+from sigmma_jax.evaluation import retrieval
 from sigmma_jax.evaluation.retrieval import top_k
 
-DIRECTIONS = ("he_to_st", "st_to_he")
-RETRIEVAL_SCALES = ("micro", "meso", "macro", "combined")
-EXPRESSION_ROWS = (
-    ("PCC per tile", "pcc_tile_mean", "pcc_tile_sd"),
-    ("MSE per tile", "mse_tile_mean", "mse_tile_sd"),
-    ("PCC per gene", "pcc_gene_mean", None),
-    ("genes", "n_genes", None),
-    ("PCA components", "n_components", None),
-    ("neighbours", "k", None),
-)
-# Expression evaluators and the title of their table.
-EXPRESSION = {
-    "probe": "Gene expression prediction: linear probe on HE embeddings (mean ± sd over test tiles)",
-    "knn_expression": "Gene expression prediction: mean of the nearest training tiles in the joint "
-    "space, BLEEP's predictor (mean ± sd over test tiles)",
-}
+DIRECTIONS = retrieval.DIRECTIONS
+RETRIEVAL_SCALES = retrieval.RETRIEVAL_SCALES
 # What the model columns are; results.md says it under the tables.
 MODEL_NOTES = {
     "trained": "the model after training",
     "initial": "the model at initialisation: with converted weights, the pretrained backbone behind "
     "randomly initialised heads and ST tower",
 }
+md_table = md.table  # the tables' one format, for the suite's tables too
 
 
 # --------------------------------------------------------------------------- markdown
@@ -60,118 +48,45 @@ def _models(results: dict) -> list[str]:
     return sorted(found, key=lambda k: (order.get(k, 2), found.index(k)))
 
 
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x))
-    if isinstance(x, (float, np.floating)):
-        return f"{float(x):.4f}" if math.isfinite(x) else "nan"
-    return str(x)
-
-
-def md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return lines
-
-
 def _recall(
     results: dict, model: str, direction: str, scale: str, key: str, evaluator: str = "retrieval"
 ) -> Any:
     return results[model].get(evaluator, {}).get(direction, {}).get(scale, {}).get(key)
 
 
-def _direction(d: str) -> str:
-    return d.replace("_to_", "→").upper()  # "he_to_st" -> "HE→ST"
-
-
-def _recall_keys(results: dict, models: list[str]) -> list[str]:
-    for m in models:
-        for by_scale in results[m].get("retrieval", {}).values():
-            for recalls in by_scale.values():
-                return list(recalls)
-    return []
+def _graph(results: dict) -> list[str]:
+    graph = results.get("graph")
+    if not graph:
+        return []
+    rows = [[s, md.fmt(v.get("degree")), md.fmt(v.get("sampled"))] for s, v in graph.items()]
+    return [
+        "## The ST graph as training left it (mean of the last logged steps)",
+        "",
+        *md.table(["scale", "edges per cell", "candidates drawn"], rows),
+        "",
+    ]
 
 
 def _markdown(results: dict) -> str:
+    """results.md: the run's scalars, then each evaluator's own sections (`markdown`, in registry
+    order), the ST graph's density, and what the columns are."""
+    from sigmma_jax.evaluation import EVALUATORS
+
     models = _models(results)
     lines = ["# Results", ""]
     for k, v in results.items():
         if k not in models and not isinstance(v, (dict, list)):
-            lines.append(f"- {k}: {_fmt(v)}")
+            lines.append(f"- {k}: {md.fmt(v)}")
     lines.append("")
-
-    keys = _recall_keys(results, models)
-    if keys:
-        lines += ["## Cross-modal retrieval (Recall@p%)", ""]
-        header = ["direction", "scale"] + [f"{k}% {m}" for k in keys for m in models]
-        rows = []
-        for d in DIRECTIONS:
-            for s in RETRIEVAL_SCALES:
-                vals = [_recall(results, m, d, s, k) for k in keys for m in models]
-                if any(v is not None for v in vals):
-                    rows.append([_direction(d), s] + [_fmt(v) for v in vals])
-        lines += md_table(header, rows) + [""]
-
-    trained_on = {
-        m: results[m]["retrieval_train"] for m in models if "retrieval_train" in results[m]
-    }
-    if keys and trained_on:
-        n = next(iter(trained_on.values()))["n_tiles"]
-        lines += [
-            f"## Retrieval on {n} training tiles (combined; its gap to the held-out figure is "
-            "overfitting)",
-            "",
-        ]
-        header = ["direction"] + [f"{k}% {m}" for k in keys for m in trained_on]
-        rows = [
-            [_direction(d)]
-            + [
-                _fmt(_recall(results, m, d, "combined", k, "retrieval_train"))
-                for k in keys
-                for m in trained_on
-            ]
-            for d in DIRECTIONS
-        ]
-        lines += md_table(header, rows) + [""]
-
-    for evaluator, title in EXPRESSION.items():
-        found = {m: results[m][evaluator] for m in models if evaluator in results[m]}
-        if not found:
-            continue
-        lines += [f"## {title}", ""]
-        rows = []
-        for label, mean_key, sd_key in EXPRESSION_ROWS:
-            if all(p.get(mean_key) is None for p in found.values()):
-                continue
-            cells = []
-            for p in found.values():
-                cell = _fmt(p.get(mean_key))
-                if sd_key and p.get(sd_key) is not None:
-                    cell += f" ± {_fmt(p[sd_key])}"
-                cells.append(cell)
-            rows.append([label] + cells)
-        lines += md_table(["metric"] + list(found), rows) + [""]
-    lines += _own_tables(results, models)
+    for name, module in EVALUATORS.items():
+        by_model = {m: results[m][name] for m in models if name in results[m]}
+        if by_model:
+            lines += module.markdown(by_model, results)
+    lines += _graph(results)
     notes = [f"- {m}: {MODEL_NOTES[m]}" for m in models if m in MODEL_NOTES]
     if notes:
         lines += ["Columns:", ""] + notes + [""]
     return "\n".join(lines)
-
-
-def _own_tables(results: dict, models: list[str]) -> list[str]:
-    """The tables of the evaluators that render their own results (`markdown(result)`)."""
-    from sigmma_jax.evaluation import EVALUATORS
-
-    lines = []
-    for m in models:
-        for name, result in results[m].items():
-            render = getattr(EVALUATORS.get(name), "markdown", None)
-            if render is not None:  # its sections one level under the model's
-                own = [f"#{line}" if line.startswith("#") else line for line in render(result)]
-                lines += [f"## {name} ({m})", ""] + own + [""]
-    return lines
 
 
 # --------------------------------------------------------------------------- plots
@@ -197,7 +112,7 @@ def chance(key: str, n: Any) -> float | None:
 def _plot_recall(results: dict, path: Path) -> bool:
     """Plots the recall bars (False when there is no retrieval result to plot)."""
     models = [m for m in _models(results) if "retrieval" in results[m]]
-    keys = _recall_keys(results, models)
+    keys = retrieval.recall_keys({m: results[m]["retrieval"] for m in models})
     if not keys:
         return False
     fig = Figure(figsize=(4.2 * len(keys), 6.5), layout="constrained")

@@ -78,3 +78,35 @@ def evaluate(embeddings: dict, config) -> dict:
     del config
     test = embeddings["test"]
     return retrieval_metrics(test["he"], test["st"])
+
+
+# --------------------------------------------------------------------------- results.md
+
+RETRIEVAL_SCALES = (*SCALES, "combined")
+DIRECTIONS = ("he_to_st", "st_to_he")
+
+
+def recall_keys(by_model: Mapping[str, dict]) -> list[str]:
+    """The "R@p" keys of the first result (every model of a run has the same)."""
+    for result in by_model.values():
+        for by_scale in result.values():
+            if isinstance(by_scale, dict):
+                for recalls in by_scale.values():
+                    return list(recalls)
+    return []
+
+
+def markdown(by_model: dict, results: dict) -> list[str]:
+    """One table: a row per direction and scale, a column per Recall@p% and model."""
+    from sigmma_jax.evaluation import markdown as md
+
+    del results
+    keys = recall_keys(by_model)
+    header = ["direction", "scale"] + [f"{k}% {m}" for k in keys for m in by_model]
+    rows = []
+    for d in DIRECTIONS:
+        for s in RETRIEVAL_SCALES:
+            vals = [by_model[m].get(d, {}).get(s, {}).get(k) for k in keys for m in by_model]
+            if any(v is not None for v in vals):
+                rows.append([md.direction(d), s] + [md.fmt(v) for v in vals])
+    return ["## Cross-modal retrieval (Recall@p%)", ""] + md.table(header, rows) + [""]

@@ -26,3 +26,23 @@ def evaluate(embeddings: dict, config) -> dict:
     idx = sample(len(train["targets"]), len(embeddings["test"]["targets"]), config.data.split.seed)
     he, st = ({s: v[idx] for s, v in train[side].items()} for side in ("he", "st"))
     return dict(retrieval.retrieval_metrics(he, st), n_tiles=int(len(idx)))
+
+
+def markdown(by_model: dict, results: dict) -> list[str]:
+    """The combined recall on the training sample, per direction, beside nothing else: its gap to
+    the held-out table above is the overfitting."""
+    from sigmma_jax.evaluation import markdown as md
+
+    del results
+    keys = retrieval.recall_keys(by_model)
+    n = next(iter(by_model.values()))["n_tiles"]
+    header = ["direction"] + [f"{k}% {m}" for k in keys for m in by_model]
+    rows = [
+        [md.direction(d)] + [md.fmt(by_model[m][d]["combined"][k]) for k in keys for m in by_model]
+        for d in retrieval.DIRECTIONS
+    ]
+    title = (
+        f"## Retrieval on {n} training tiles (combined; its gap to the held-out figure is "
+        "overfitting)"
+    )
+    return [title, ""] + md.table(header, rows) + [""]

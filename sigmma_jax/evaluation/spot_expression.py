@@ -62,6 +62,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sigmma_jax import dlpfc
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.evaluation.expression import pearson_rows
 
 SPLITS = ("test",)
@@ -383,7 +384,7 @@ def _rows(result: dict) -> list[tuple[str, dict]]:
     return rows + [(f"{FLOOR} (floor)", result[FLOOR])]
 
 
-def markdown(result: dict) -> list[str]:
+def result_markdown(result: dict) -> list[str]:
     """results.md lines: Table 3 (rows = embeddings and the training-mean floor, columns = genes,
     groups and overall, mean ± sd over slides), the same for PCC, the nine genes' MSE per slide
     (columns = slides and overall), the whole panel's per slide, and what was missing or skipped."""
@@ -465,3 +466,8 @@ def markdown(result: dict) -> list[str]:
     if result["skipped"]:
         lines += ["Skipped:", ""] + [f"- {s}" for s in result["skipped"]] + [""]
     return lines
+
+
+markdown = md.per_model(
+    "spot_expression", result_markdown
+)  # results.md: sigmma_jax.evaluation.markdown

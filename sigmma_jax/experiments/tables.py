@@ -9,7 +9,10 @@ tables.json (mean and sd over every fold x seed of a row; sd with ddof=1, 0 for 
      "table4": {ROW: {table 1 and table 2 keys}},
      "n_folds": n, "n_seeds": n}
 
-Table 1's "bleep" row also holds "knn_expression", BLEEP's own predictor, in table 1's keys.
+Table 1's "bleep" row also holds "knn_expression", BLEEP's own predictor, in table 1's keys; every
+Task 1 row also "hest_pcc_gene" (HEST-Benchmark's protocol on the same input) and, with several
+scales, "inputs" ({probe input: per-gene PCC}). Table 4's rows hold "graph" ({scale: edges per
+cell}); "whole_tile" the SIGMMA variants of `methods.TABLE_WHOLE_TILE` that ran.
 Retrieval is the "combined" score (the sum of the model's scales' similarities; a single-scale
 model's one scale). tables.md adds what the JSON leaves out: the sd across test tiles (the paper's
 ±), per-gene PCC per fold with mean ± sd across folds (HEST-Benchmark's ±), the probe's settings,
@@ -33,6 +36,7 @@ from matplotlib.figure import Figure
 from sigmma_jax import atomic
 from sigmma_jax.evaluation import report, retrieval
 from sigmma_jax.experiments import methods
+from sigmma_jax.scales import SCALES
 
 if TYPE_CHECKING:
     from sigmma_jax.experiments.suite import Run
@@ -49,6 +53,9 @@ LABELS = {
     "no_graph": "(a) no graph, single scale (= gene sentence)",
     "graph_single_scale_full": "(b) graph, single scale, fully connected",
     "graph_multiscale_full": "(c) graph, three scales, fully connected",
+    "sigmma_heads_per_scale": "SIGMMA, one projection head per scale",
+    "sigmma_macro_weighted": "SIGMMA, scale weights 0.5 / 0.5 / 2 (macro)",
+    "sigmma_backbone_lr": "SIGMMA, backbone at 0.1 × the learning rate",
 }
 LOWER_IS_BETTER = {"mse_tile"}
 
@@ -72,7 +79,30 @@ def mean_sd(values) -> list[float]:
 
 def _expression(results: list[dict], evaluator: str = "probe") -> dict:
     found = [r["trained"][evaluator] for r in results if evaluator in r["trained"]]
-    return {k: mean_sd([f[key] for f in found]) for k, key in EXPRESSION.items()} if found else {}
+    if not found:
+        return {}
+    out = {k: mean_sd([f[key] for f in found]) for k, key in EXPRESSION.items()}
+    if all("hest" in f for f in found):
+        out["hest_pcc_gene"] = mean_sd([f["hest"]["pcc_gene_mean"] for f in found])
+        out["input"] = found[0].get("input")
+        out["width"] = found[0].get("n_components")
+    reads = [v for v in found[0].get("variants", {}) if all(v in f["variants"] for f in found)]
+    if len(reads) > 1:
+        out["inputs"] = {
+            v: mean_sd([f["variants"][v]["pcc_gene_mean"] for f in found]) for v in reads
+        }
+    return out
+
+
+def _graph(results: list[dict]) -> dict:
+    """{scale: {"degree": [mean, sd], "sampled": ...}} over the runs that logged the ST graph."""
+    found = [r["graph"] for r in results if r.get("graph")]
+    if not found:
+        return {}
+    return {
+        s: {k: mean_sd([g[s][k] for g in found if k in g.get(s, {})]) for k in found[0][s]}
+        for s in found[0]
+    }
 
 
 def _retrieval(results: list[dict]) -> dict:
@@ -102,10 +132,17 @@ def collect(finished: dict[Run, dict]) -> dict:
         table2={m: _retrieval(main[m]) for m in methods.TABLE2 if m in main},
         table3=table3,
         table4={
-            row: {**_expression(main[m]), **_retrieval(main[m])}
+            row: {**_expression(main[m]), **_retrieval(main[m]), "graph": _graph(main[m])}
             for row, m in methods.TABLE4.items()
             if m in main
         },
+        whole_tile={
+            m: {**_expression(main[m]), **_retrieval(main[m])}
+            for m in methods.TABLE_WHOLE_TILE
+            if m in main
+        }
+        if any(m in main for m in methods.TABLE_WHOLE_TILE[1:])
+        else {},
         n_folds=len({r.fold for r in finished}),
         n_seeds=len({r.seed for r in finished}),
     )
@@ -199,9 +236,17 @@ def _setup(finished: dict, config: ml_collections.ConfigDict) -> list[str]:
         f"- {len(finished)} runs: {n_folds} fold(s) × {n_seeds} seed(s) per row; "
         f"{'/'.join(map(str, steps)) or 0} training steps; "
         f"{any_res['n_train_tiles']} train / {any_res['n_test_tiles']} test tiles (first run).",
-        f"- Task 1 probe: StandardScaler → PCA({e.pca_components}) → ridge, "
-        f"{'with' if e.probe_intercept else 'without'} intercept; target {target}; "
-        f"{probe.get('n_genes', e.n_genes)} genes from {genes}.",
+        f"- Task 1 probe: StandardScaler → PCA → ridge (α = 100 / (components × genes), lsqr), "
+        f"{'with' if e.probe_intercept else 'without'} intercept, on each method's own tile "
+        f'embedding ("probe reads": the input and its width'
+        f"{'; the mean of the scales for a multi-scale model' if e.probe_scales == 'mean' else ''}), "
+        f"at most {e.pca_components} components"
+        f"{f' and no more than the joint space width {config.model.embed_dim}, so every method is read at the same width' if e.equal_width else ''}; "
+        f"target {target}, scored in "
+        f"{'each gene scaled to [0, 1] by its range over the training tiles (MSE on the paper’s scale)' if e.target_scale == 'minmax' else 'log1p units'}; "
+        f"{probe.get('n_genes', e.n_genes)} genes from {genes}. "
+        '"HEST PCC per gene": HEST-Benchmark\'s own protocol (no intercept, log1p units) on the '
+        "same input, its leaderboard's number.",
         '- Cells: mean ± sd over the runs of a row (folds × seeds). "± tiles": the sd across '
         "test tiles, averaged over runs (the paper's ±).",
         "- Retrieval: Recall@p% on held-out tiles, the combined score (sum of the model's scales' "
@@ -225,11 +270,14 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
                     _cell(row.get("mse_tile")),
                     _tile_sd(finished, backbone, method, "mse_tile_sd"),
                     _cell(row.get("pcc_gene")),
+                    _cell(row.get("hest_pcc_gene")),
+                    f"`{row['input']}` ({row['width']})" if row.get("input") else "–",
                 ]
             )
         return out
 
     header1 = ["method", "PCC per tile", "± tiles", "MSE per tile", "± tiles", "PCC per gene"]
+    header1 += ["HEST PCC per gene", "probe reads"]
     t1 = tables["table1"]
     if t1:
         lines += ["## Table 1: gene expression prediction (Task 1, linear probe)", ""]
@@ -290,12 +338,20 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
     t4 = tables["table4"]
     if t4:
         lines += ["## Table 4: ablations (cumulative rows)", ""]
-        header = header1 + ["HE→ST R@5%", "ST→HE R@5%"]
+        header = header1 + ["HE→ST R@5%", "ST→HE R@5%", "edges per cell (micro / meso / macro)"]
         rows = [
-            r + [_cell(t4[k].get(d, {}).get("R@5")) for d in DIRECTIONS]
+            r
+            + [_cell(t4[k].get(d, {}).get("R@5")) for d in DIRECTIONS]
+            + [_degrees(t4[k].get("graph", {}))]
             for r, k in zip(expression_rows(t4, "main", lambda k: LABELS.get(k, k)), t4)
         ]
         lines += report.md_table(header, rows) + [""]
+        lines += [
+            "Edges per cell: the ST graph's mean degree after each stage over the last logged "
+            "training steps (sampled edges in SIGMMA; every candidate in the fully connected "
+            "rows; – where the ST tower has no graph).",
+            "",
+        ]
         lines += [
             "Order by PCC per tile: " + _order(t4, lambda v: v.get("pcc_tile", [None])[0]),
             "",
@@ -304,6 +360,8 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             "- " + s
             for s in _per_seed_orders(finished, methods.TABLE4, _probe_value("pcc_tile_mean"))
         ] + [""]
+    lines += _inputs_table(tables)
+    lines += _whole_tile_table(tables.get("whole_tile", {}))
     if len(folds) > 1:
         lines += [
             "## Per fold: PCC per gene (mean over seeds), mean ± sd across folds (HEST-Benchmark)",
@@ -314,6 +372,59 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
         rows = [[f"{b}/{m}"] + _fold_cells(finished, b, m, folds) for b, m in keys]
         lines += report.md_table(header, rows) + [""]
     return "\n".join(lines)
+
+
+def _degrees(graph: dict) -> str:
+    if not graph:
+        return "–"
+    return " / ".join(f"{graph[s]['degree'][0]:.1f}" if s in graph else "–" for s in SCALES)
+
+
+def _inputs_table(tables: dict) -> list[str]:
+    """Task 1's per-gene PCC for each probe input of each multi-input row (Tables 1 and 4)."""
+    rows = dict(tables["table1"])
+    for key, v in tables["table4"].items():  # by method: (a) is Table 1's gene sentence
+        rows.setdefault(methods.TABLE4[key], v)
+    rows.update(tables.get("whole_tile", {}))
+    rows = {k: v for k, v in rows.items() if v.get("inputs")}
+    if not rows:
+        return []
+    found = {r for v in rows.values() for r in v["inputs"]}
+    order = [f"{e}/{s}" for e in ("projected", "backbone") for s in (*SCALES, "mean", "concat")]
+    reads = [r for r in order if r in found]
+    body = [
+        [LABELS.get(k, k)] + [_cell(v["inputs"].get(r)) for r in reads] for k, v in rows.items()
+    ]
+    return [
+        "## Task 1 by what the probe reads (PCC per gene, the headline's settings)",
+        "",
+        *report.md_table(["method"] + [f"`{r}`" for r in reads], body),
+        "",
+        "`projected/S`: the heads' embedding of scale S; `mean`: the mean of the scales (the "
+        "headline); `concat`: the scales side by side, as wide as all of them (the default before "
+        "2026-12-03; its PCA keeps as many components, so on few training tiles the ridge "
+        "overfits); `backbone/...`: the image backbone's embedding before the head.",
+        "",
+    ]
+
+
+def _whole_tile_table(t: dict) -> list[str]:
+    if not t:
+        return []
+    header = ["variant", "PCC per tile", "PCC per gene", "backbone on the whole tile: PCC per gene"]
+    header += ["HE→ST R@5%", "ST→HE R@5%"]
+    rows = [
+        [LABELS.get(k, k), _cell(v.get("pcc_tile")), _cell(v.get("pcc_gene"))]
+        + [_cell(v.get("inputs", {}).get("backbone/macro"))]
+        + [_cell(v.get(d, {}).get("R@5")) for d in DIRECTIONS]
+        for k, v in t.items()
+    ]
+    return [
+        "## Why SIGMMA's backbone embeds the whole tile as it does (SIGMMA variants)",
+        "",
+        *report.md_table(header, rows),
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------- csv and plots
@@ -338,11 +449,11 @@ def csv_text(tables: dict) -> str:
         for k, v in entry.items():
             if isinstance(v, dict):
                 rows(table, row, v, f"{prefix}{k}/")
-            else:
+            elif isinstance(v, list):  # [mean, sd]; labels such as "input" are in tables.json
                 w.writerow([table, row, prefix + k, f"{v[0]:.6g}", f"{v[1]:.6g}"])
 
-    for t in ("table1", "table2", "table4"):
-        for row, entry in tables[t].items():
+    for t in ("table1", "table2", "table4", "whole_tile"):
+        for row, entry in tables.get(t, {}).items():
             rows(t, row, entry)
     for backbone, entries in tables["table3"].items():
         for method, entry in entries.items():

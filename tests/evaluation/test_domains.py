@@ -191,7 +191,7 @@ def test_skipped_cases_are_reported_with_the_reason():
     # A slide skipped for every embedding is listed once.
     assert [s for s in result["skipped"] if "empty" in s] == ["slide empty: no annotated spots"]
     json.dumps(result, allow_nan=False)
-    text = "\n".join(domains.markdown(result))
+    text = "\n".join(domains.result_markdown(result))
     assert "skipped" in text and "gone" in text
 
 
@@ -212,7 +212,7 @@ def test_nonfinite_spots_are_dropped_and_counted():
 
 def test_markdown_rows_are_embeddings_and_columns_slides(scored):
     _, result = scored
-    lines = domains.markdown(result)
+    lines = domains.result_markdown(result)
     header = next(line for line in lines if line.startswith("| embedding | a (k=5)"))
     assert "b (k=7)" in header and "overall" in header
     rows = [line for line in lines if line.startswith("| onehot |")]

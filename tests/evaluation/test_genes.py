@@ -1,4 +1,5 @@
 import json
+import pathlib
 
 import anndata
 import numpy as np
@@ -78,3 +79,18 @@ def test_gene_list_file(tmp_path):
         genes.from_file(path, panel)
     with pytest.raises(readers.InputError, match="gene list not found"):
         genes.from_file(tmp_path / "nope.json", panel)
+
+
+def test_the_gene_list_is_made_once_per_shard_set(tiny_shards, monkeypatch):
+    """The first run of a shard set keeps HEST's list beside the shards (HEST's file format);
+    later runs read it instead of every tile again."""
+    config, manifest = tiny_shards
+    c = config.copy_and_resolve_references()
+    c.eval.n_genes = 7
+    first = genes.select(c, manifest, c.data.shard_dir)
+    kept = list((pathlib.Path(c.data.shard_dir) / "task1").glob("genes_*_7.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["genes"] == [
+        manifest["genes"][i] for i in first
+    ]
+    monkeypatch.setattr(genes, "hest_hvgs", lambda *a: pytest.fail("computed again"))
+    np.testing.assert_array_equal(genes.select(c, manifest, c.data.shard_dir), first)

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from sigmma_jax.evaluation import probe as probe_lib
 from sigmma_jax.evaluation.expression import tile_targets
 from sigmma_jax.evaluation.probe import linear_probe
 
@@ -139,3 +140,88 @@ def test_linear_probe_constant_tile_and_gene_count_as_zero():
     assert all(math.isfinite(v) for v in got.values())
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+
+
+def test_the_intercept_probe_scores_a_perfect_up_to_mean_predictor_at_one_per_tile():
+    """Embeddings that hold each tile's expression less each gene's mean (a predictor right but
+    for the means) on log1p tile counts: the headline probe (intercept, min-max units) scores 1.0
+    per tile and MSE 0; HEST's no-intercept probe pays for the means it cannot add (here 0.2-0.6
+    per tile, as on real tiles)."""
+    rng = np.random.default_rng(11)
+    rate = np.exp(rng.normal(1.0, 1.0, size=60))[None] * rng.gamma(4.0, 0.25, size=(260, 1))
+    y = np.log1p(rng.poisson(rate * rng.lognormal(0, 0.3, size=rate.shape))).astype(np.float64)
+    x = y - y[:200].mean(0)
+    args = (x[:200], y[:200], x[200:], y[200:])
+    head = linear_probe(*args, fit_intercept=True, target_scale="minmax")
+    hest = linear_probe(*args)
+    assert head["pcc_tile_mean"] > 0.999 and head["mse_tile_mean"] < 1e-5
+    assert 0.0 < hest["pcc_tile_mean"] < 0.7
+    assert hest["pcc_gene_mean"] == pytest.approx(head["pcc_gene_mean"], abs=1e-9)
+
+
+def test_min_max_units_are_each_genes_training_range():
+    rng = np.random.default_rng(12)
+    x_tr, y_tr, x_te, y_te = _linear_data(rng, 120, 40, 10, 6, noise=1.0)
+    y_tr, y_te = y_tr * np.arange(1, 7) + 5, y_te * np.arange(1, 7) + 5
+    raw = linear_probe(x_tr, y_tr, x_te, y_te, fit_intercept=True)
+    got = linear_probe(x_tr, y_tr, x_te, y_te, fit_intercept=True, target_scale="minmax")
+    span = np.ptp(y_tr, axis=0)
+    pred = probe_lib.fit(x_tr, y_tr, fit_intercept=True).predict(x_te)
+    want = (((pred - y_te) / span) ** 2).mean(1)
+    assert got["mse_tile_mean"] == pytest.approx(want.mean(), rel=1e-9)
+    assert got["pcc_gene_mean"] == pytest.approx(raw["pcc_gene_mean"], rel=1e-12)
+    assert got["pcc_tile_mean"] != pytest.approx(raw["pcc_tile_mean"], rel=1e-4)
+    # the units need the training range only: a constant training gene keeps span 1
+    y_tr[:, 0] = 3.0
+    assert np.isfinite(linear_probe(x_tr, y_tr, x_te, y_te, target_scale="minmax")["mse_tile_mean"])
+
+
+def _fake_run(rng, scales, he_dim, backbone_dim, n=(150, 50), genes=20):
+    out = {}
+    for split, k in zip(("train", "test"), n):
+        z = rng.normal(size=(k, 5))
+        out[split] = {
+            "he": {s: z @ rng.normal(size=(5, he_dim)) for s in scales},
+            "he_backbone": {s: z @ rng.normal(size=(5, backbone_dim)) for s in scales},
+            "targets": np.log1p(np.exp(z @ rng.normal(size=(5, genes)) * 0.3 + 1)),
+        }
+    out["genes"] = np.arange(genes)
+    return out
+
+
+def test_every_methods_headline_probe_reads_the_same_width():
+    """SIGMMA (three scales), a single-scale model and the frozen backbone (a wider embedding):
+    the headline keeps embed_dim components for each; the old concatenation, as a labelled
+    variant, three times as many."""
+    from support.configs import tiny_config
+
+    from sigmma_jax.experiments import methods
+
+    rng = np.random.default_rng(13)
+    base = tiny_config()
+    base.eval.pca_components = 256
+    runs = {
+        "sigmma": _fake_run(rng, ("micro", "meso", "macro"), 32, 48),
+        "single_scale_clip": _fake_run(rng, ("macro",), 32, 48),
+        "frozen_backbone": _fake_run(rng, ("macro",), 32, 48),
+    }
+    widths = {}
+    for method, emb in runs.items():
+        c = methods.configure(base, method)
+        res = probe_lib.evaluate(emb, c)
+        widths[method] = res["n_components"]
+        assert res["input"] == f"{c.eval.probe_embedding}/mean"
+        assert res["fit_intercept"] and res["target_scale"] == "minmax"
+        assert set(res["hest"]) == {"pcc_gene_mean", "pcc_tile_mean", "mse_tile_mean"}
+    assert set(widths.values()) == {base.model.embed_dim}
+    variants = probe_lib.evaluate(runs["sigmma"], methods.configure(base, "sigmma"))["variants"]
+    assert set(variants) == {
+        f"{e}/{s}"
+        for e in ("projected", "backbone")
+        for s in ("micro", "meso", "macro", "mean", "concat")
+    }
+    assert variants["projected/concat"]["n_components"] == 3 * 32
+    assert variants["backbone/concat"]["n_components"] == 3 * 48
+    assert variants["backbone/macro"]["n_components"] == base.model.embed_dim
+    frozen = probe_lib.evaluate(runs["frozen_backbone"], methods.configure(base, "frozen_backbone"))
+    assert set(frozen["variants"]) == {"backbone/macro"}  # untrained heads are not probed

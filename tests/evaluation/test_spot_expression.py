@@ -186,7 +186,7 @@ def test_skipped_cases_are_reported_with_the_reason():
         f"gone: {result['embeddings']['gone']['skipped']}",
     ]
     json.dumps(result, allow_nan=False)
-    text = "\n".join(se.markdown(result))
+    text = "\n".join(se.result_markdown(result))
     assert "skipped" in text and "NPY" in text
 
 
@@ -200,7 +200,7 @@ def test_settings_are_checked():
 
 def test_markdown_tables(scored):
     _, result = scored
-    lines = se.markdown(result)
+    lines = se.result_markdown(result)
     header = next(line for line in lines if line.startswith("| embedding | FABP7"))
     assert "| layer markers | laminar | non-laminar | overall |" in header
     per_slide = next(line for line in lines if line.startswith("| embedding | s1 | s2 | overall"))

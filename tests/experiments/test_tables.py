@@ -79,7 +79,7 @@ def test_rows_are_mean_and_sd_over_folds_and_seeds():
 
     config = config_base.base_config()
     md = tables.markdown(out, finished, config)
-    assert "2 fold(s) × 3 seed(s)" in md and "without intercept" in md
+    assert "2 fold(s) × 3 seed(s)" in md and "with intercept" in md and "HEST PCC per gene" in md
     order = md.split("Order by PCC per tile: ")[1].splitlines()[0]
     ranked = sorted(out["table1"], key=lambda m: -out["table1"][m]["pcc_tile"][0])
     assert [part.split()[0] for part in order.split(" > ")] == ranked
@@ -93,3 +93,46 @@ def test_rows_are_mean_and_sd_over_folds_and_seeds():
 def test_a_single_run_has_zero_spread():
     out = tables.collect({Run("sigmma", 0, 0): _results(np.random.default_rng(1))})
     assert out["table1"]["sigmma"]["pcc_gene"][1] == 0.0 and out["n_seeds"] == 1
+
+
+def test_probe_inputs_graph_density_and_whole_tile_variants():
+    """Each run's probe variants and ST graph reach the tables: per-gene PCC per input (mean ±
+    sd over runs), edges per cell per Table 4 row, and the SIGMMA variants' own table."""
+    rng = np.random.default_rng(1)
+    finished = {}
+    for method in ("gene_sentence", "sigmma", "graph_multiscale_full", "sigmma_heads_per_scale"):
+        for seed in (0, 1, 2):
+            res = _results(rng)
+            p = res["trained"]["probe"]
+            p.update(input="projected/mean", n_components=64, hest=dict(pcc_gene_mean=0.5))
+            if method != "gene_sentence":
+                p["variants"] = {
+                    v: dict(pcc_gene_mean=rng.uniform(0.3, 0.8))
+                    for v in (
+                        "projected/micro",
+                        "projected/mean",
+                        "projected/concat",
+                        "backbone/macro",
+                    )
+                }
+                degree = 30.0 if method == "graph_multiscale_full" else 10.0
+                res["graph"] = {"micro": {"degree": 3.0}, "macro": {"degree": degree}}
+            finished[Run(method, 0, seed)] = res
+    out = tables.collect(finished)
+    got = out["table1"]["sigmma"]["inputs"]["projected/concat"]
+    want = [
+        finished[Run("sigmma", 0, s)]["trained"]["probe"]["variants"]["projected/concat"][
+            "pcc_gene_mean"
+        ]
+        for s in (0, 1, 2)
+    ]
+    assert got == pytest.approx([np.mean(want), np.std(want, ddof=1)])
+    assert out["table1"]["sigmma"]["hest_pcc_gene"] == [0.5, 0.0]
+    assert out["table4"]["graph_multiscale_full"]["graph"]["macro"]["degree"] == [30.0, 0.0]
+    assert list(out["whole_tile"]) == ["sigmma", "sigmma_heads_per_scale"]
+    md = tables.markdown(out, finished, config_base.base_config())
+    assert "| (c) graph, three scales, fully connected |" in md and "3.0 / – / 30.0 |" in md
+    section = md.split("## Task 1 by what the probe reads")[1].split("##")[0]
+    assert "`projected/micro` | `projected/mean` | `projected/concat` | `backbone/macro`" in section
+    assert "## Why SIGMMA's backbone embeds the whole tile" in md
+    assert "whole_tile,sigmma_heads_per_scale,pcc_gene" in tables.csv_text(out)

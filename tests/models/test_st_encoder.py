@@ -188,3 +188,60 @@ def test_expectation_weights_are_probabilities_across_scales():
     assert float(adj.max()) <= 1.0 + 1e-6
     both = (np.asarray(p_meso) > 0) & (np.asarray(p_macro) > 0)
     assert both.sum() > 0 and (np.asarray(p_meso)[both] > 0.5).any()  # such pairs exist
+
+
+def test_neighbour_patch_candidates_on_a_hand_built_tile():
+    """One cell per micro block of a 4x4 tile, plus a second cell in block (0, 0). At meso a cell
+    may join only cells of its meso block in a micro block sharing a side with its own; at macro
+    only cells in a meso block sharing a side with its own. "block" keeps every pair of the block."""
+    cells = [(bx, by) for by in range(4) for bx in range(4)] + [(0, 0)]
+    blocks = jnp.asarray(np.array(cells, np.int8)[None])
+    meso = np.asarray(st_encoder.candidate_mask(blocks, "meso"))[0]
+    macro = np.asarray(st_encoder.candidate_mask(blocks, "macro"))[0]
+    whole = np.asarray(st_encoder.candidate_mask(blocks, "meso", "block"))[0]
+    c = np.array(cells)
+    same_micro = (c[:, None] == c[None]).all(-1)
+    same_meso = (c[:, None] // 2 == c[None] // 2).all(-1)
+    assert not (meso & same_micro).any() and not (macro & same_meso).any()
+    assert (whole & same_micro & ~np.eye(len(c), dtype=bool)).any()  # the old rule re-links them
+    i = {cell: k for k, cell in enumerate(cells)}  # the first cell of each block
+    assert meso[i[0, 0], i[1, 0]] and meso[i[0, 0], i[0, 1]] and meso[16, i[1, 0]]
+    assert not meso[i[0, 0], i[1, 1]]  # diagonal: no side in common
+    assert not meso[i[1, 0], i[2, 0]]  # adjacent, but in another meso block
+    assert macro[i[1, 0], i[2, 0]] and macro[i[0, 1], i[0, 2]] and macro[16, i[3, 0]]
+    assert not macro[i[1, 1], i[2, 2]]  # diagonal meso blocks
+    assert (meso == meso.T).all() and (macro == macro.T).all()
+    # each of the four micro blocks of a meso block has two side neighbours in it
+    assert meso[:16, :16].sum() == 16 * 2
+    # and every meso block two side neighbours: 4 blocks x 2 x 4 x 4 cell pairs
+    assert macro[:16, :16].sum() == 4 * 2 * 16
+
+
+def test_fully_connected_blocks_are_denser_than_the_sampled_graph():
+    """The fully connected ablation's graph (every pair of a block) against SIGMMA's at
+    initialisation (neighbour-patch candidates drawn with probability edge_prior): the logged
+    degree per scale is larger at meso and macro, and only the sampled one draws a fraction."""
+    t = tile(n=60, seed=5)
+    graph = _batch([t], 64, 700)
+    stats = {}
+    for name, kw in {
+        "full": dict(edge_sampling="full", candidates="block"),
+        "sigmma": dict(edge_sampling="gumbel"),
+    }.items():
+        model = _encoder(**kw)
+        variables = model.init(
+            {"params": jax.random.PRNGKey(0), "gumbel": jax.random.PRNGKey(1)}, graph, True
+        )
+        _, state = model.apply(
+            {"params": variables["params"]},
+            graph,
+            True,
+            rngs={"gumbel": jax.random.PRNGKey(2)},
+            mutable=["stats"],
+        )
+        stats[name] = {k: float(v[0]) for k, v in state["stats"].items()}
+    full, ours = stats["full"], stats["sigmma"]
+    assert full["graph_micro_degree"] == ours["graph_micro_degree"] > 0
+    for scale in ("meso", "macro"):
+        assert full[f"graph_{scale}_degree"] > 1.5 * ours[f"graph_{scale}_degree"]
+    assert full["graph_meso_sampled"] == 1.0 and 0.3 < ours["graph_meso_sampled"] < 0.7

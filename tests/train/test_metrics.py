@@ -3,6 +3,7 @@ import json
 import pytest
 from support.runs import history
 
+from sigmma_jax.train import metrics
 from sigmma_jax.train.metrics import MetricsWriter, read_history
 
 
@@ -45,3 +46,19 @@ def test_nan_and_inf_are_written_as_null_so_every_line_is_json(tmp_path):
     assert (
         json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=strict)["loss"] is None
     )
+
+
+def test_graph_density_averages_the_last_logged_steps():
+    history = [
+        {
+            "step": s,
+            "loss": 1.0,
+            "graph_meso_degree": float(s),
+            "graph_meso_sampled": 0.5,
+            "graph_micro_degree": 4.0,
+        }
+        for s in range(1, 9)
+    ] + [{"step": 9, "loss": 1.0}]
+    got = metrics.graph_density(history, last=4)
+    assert got == {"meso": {"degree": 6.5, "sampled": 0.5}, "micro": {"degree": 4.0}}
+    assert metrics.graph_density([{"step": 1, "loss": 2.0}]) == {}

@@ -10,6 +10,7 @@ from sigmma_jax.tools.bench import (
     loss_noise,
     parity,
     preprocess,
+    probe_curve,
     recovery,
     step,
     transcripts,
@@ -27,5 +28,9 @@ BENCHMARKS = {
     ),
     "loss_noise": (loss_noise.run, "a checkpoint's loss spread: batches vs Gumbel vs dropout"),
     "transcripts": (transcripts.run_cli, "HEST transcript reader vs a pyarrow group-by: M/s, RSS"),
+    "probe_curve": (
+        probe_curve.run,
+        "Task 1 against training tiles: scales' mean vs concatenation",
+    ),
     "gpu": (gpu.run, "everything that needs a GPU (paper-scale step, MFU, memory, demo) -> JSON"),
 }
