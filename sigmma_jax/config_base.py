@@ -12,6 +12,14 @@ from sigmma_jax import dlpfc
 from sigmma_jax.models import backbones
 
 
+def _evaluator_defaults(names) -> dict:
+    # Imported here, not at the top: preprocessing's workers import this module and never build
+    # a config, and the evaluators bring scikit-learn and matplotlib.
+    from sigmma_jax import evaluation
+
+    return evaluation.defaults(names)
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -180,27 +188,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0
     c.eval = e = ml_collections.ConfigDict()
     e.batch = 64
-    e.pca_components = 256
-    e.n_genes = 50
-    e.probe_embedding = "projected"  # "projected" (the heads' embeddings) | "backbone"
-    # How the probe reads a model's scales (evaluation.expression.SCALE_READS): "mean" | "concat" |
-    # one scale; equal_width: at most model.embed_dim PCA components (evaluation.probe)
-    e.probe_scales = "mean"
-    e.equal_width = True
-    e.knn_k = 50  # knn_expression: nearest training tiles averaged (BLEEP's predictor)
-    # Genes scored: HEST-Bench's var_50genes.json ({"genes": [...]}) when given, else HEST-Bench's
-    # procedure on the tiles (sigmma_jax.evaluation.genes)
-    e.genes_file = ""
-    # The headline probe fits an intercept (HEST-Bench's does not; results' "hest" has its numbers)
-    e.probe_intercept = True
-    # Units of Task 1's scores: "minmax" (each gene to [0, 1] over the training tiles: MSE on the
-    # paper's scale) | "none" (log1p units)
-    e.target_scale = "minmax"
-    # "log1p": log1p of raw counts (HEST-Bench) | "log1p_normalized": counts scaled to
-    # eval.target_sum per tile, then log1p
-    e.target = "log1p"
-    e.target_sum = 1e4
     e.initial = True  # also evaluate the model at initialisation (results_initial.json)
+    # Each evaluator's own settings, described where they are read (its module's DEFAULTS): Task
+    # 1's targets, genes and probe, BLEEP's neighbours.
+    e.update(_evaluator_defaults(c.evals))
 
     # The paper's experiments (python -m sigmma_jax.experiments; sigmma_jax.experiments.methods):
     # every method x fold x seed, Table 3 for each backbone given as NAME (converted weights in
@@ -310,19 +301,7 @@ _SIGMMA_ONLY = {
     ),
     "model": ("he_tower", "st_tower", "st", "mlp", "gene_sentence", "l2_normalize", "heads"),
     "train": ("scale_weights", "loss"),
-    "eval": (
-        "pca_components",
-        "n_genes",
-        "probe_embedding",
-        "knn_k",
-        "genes_file",
-        "probe_intercept",
-        "probe_scales",
-        "equal_width",
-        "target",
-        "target_sum",
-        "target_scale",
-    ),
+    # "eval": SIGMMA's evaluators' settings (`st_align_config`)
 }
 
 
@@ -334,6 +313,8 @@ def st_align_config() -> ml_collections.ConfigDict:
     for section, keys in _SIGMMA_ONLY.items():
         for k in keys:
             del c[section][k]
+    for k in _evaluator_defaults(c.evals):
+        del c.eval[k]
     d, m, t = c.data, c.model, c.train
     m.family = "st_align"
     # "st_align" | "clip" (the CLIP / PLIP baseline: the niche image encoder on the spot image and
@@ -432,11 +413,9 @@ def st_align_config() -> ml_collections.ConfigDict:
     t.checkpoint_every = 1000
     c.evals = ("domains", "spot_expression")
     c.eval.initial = False  # the suite's untrained rows are the frozen baselines
-    # Zero-shot domains (evaluation.domains): k = a slide's annotated layers, 5 clustering seeds
-    c.eval.domain_methods = ("kmeans", "gmm")
-    c.eval.domain_pca = 50
-    c.eval.domain_scale = "none"
-    c.eval.domain_seeds = 5
+    # Zero-shot domains and gene prediction: their modules' DEFAULTS, with the paper's five
+    # embeddings named (the module's default, (), clusters whatever a model gives)
+    c.eval.update(_evaluator_defaults(c.evals))
     c.eval.domain_embeddings = (
         "fused_spot",
         "spot_image",
@@ -444,17 +423,6 @@ def st_align_config() -> ml_collections.ConfigDict:
         "spot_gene",
         "niche_gene",
     )
-    c.eval.domain_gmm_covariance = "tied"  # mclust's EEE, as DLPFC work calls it
-    # Gene prediction (evaluation.spot_expression): an MLP on 80 % of a held-out slide's spots
-    c.eval.gene_embeddings = ("image",)
-    c.eval.gene_train_fraction = 0.8
-    c.eval.gene_split = "random"  # the paper's; "space" holds out a block of the slide
-    c.eval.gene_mlp_hidden = (256,)
-    c.eval.gene_mlp_max_iter = 200
-    c.eval.gene_mlp_early_stopping = True
-    c.eval.gene_seeds = 3
-    c.eval.gene_groups = tuple(dlpfc.NINE_GENES.items())
-    c.eval.gene_panel = "hvg"  # also the whole panel ("none": the nine genes only)
     c.suite = ml_collections.ConfigDict(
         dict(
             # Tables 1-3: every method, baseline and ablation (sigmma_jax.experiments.st_align_methods)

@@ -1,9 +1,11 @@
 """Evaluators by name: `config.evals` lists what runs at the end of training (and every
 `config.eval_every` steps when set); results are keyed by evaluator.
 
-A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs) and
-`evaluate(embeddings, config) -> dict`, plus its line in `EVALUATORS` and in its family's
-`evaluators`; `embeddings` holds each split's embeddings and targets (what the family's inference
+A new evaluator is one module with `SPLITS` (the splits whose embeddings it needs), `DEFAULTS`
+(its `config.eval` settings and their defaults, which the config schema takes from it),
+`evaluate(embeddings, config) -> dict` and `markdown(by_model, results) -> list[str]` (its
+sections of results.md, `sigmma_jax.evaluation.markdown`), plus its line in `EVALUATORS` and in its
+family's `evaluators`; `embeddings` holds each split's embeddings and targets (what the family's inference
 keeps) and the family's context (SIGMMA: "genes", the panel indices Task 1 scores). The model runs
 once per split (`inference.embed_split`), whatever the number of evaluators.
 """
@@ -42,6 +44,21 @@ def check(names) -> None:
         raise ValueError(
             f"unknown evaluator(s) {unknown} in config.evals; known: {sorted(EVALUATORS)}"
         )
+
+
+def defaults(names) -> dict:
+    """The `config.eval` settings of the evaluators `names` (each module's DEFAULTS), merged; two
+    evaluators that read one setting must agree on its default."""
+    check(names)
+    out: dict = {}
+    for n in names:
+        for k, v in EVALUATORS[n].DEFAULTS.items():
+            if k in out and out[k] != v:
+                raise ValueError(
+                    f"eval.{k}: {n} defaults to {v!r}, another evaluator to {out[k]!r}"
+                )
+            out[k] = v
+    return out
 
 
 def splits(names) -> list[str]:

@@ -11,6 +11,14 @@ from sigmma_jax.data.features import normalized_log1p
 from sigmma_jax.scales import SCALES
 
 TARGETS = ("log1p", "log1p_normalized")
+# The settings of Task 1's targets and scores (config.eval), read by every expression evaluator.
+DEFAULTS = {
+    # "log1p": log1p of raw counts (HEST-Bench) | "log1p_normalized": counts scaled to
+    # eval.target_sum per tile, then log1p
+    "target": "log1p",
+    "target_sum": 1e4,
+    "target_scale": "minmax",  # TARGET_SCALES, below
+}
 # eval.target_scale: the units scores are computed in. "minmax": each gene mapped to [0, 1] by its
 # range over the training tiles, which puts MSE on the scale the SIGMMA paper reports (0.004-0.118;
 # the paper does not say how it scales, and log1p counts give MSEs near 15); "none": log1p units.

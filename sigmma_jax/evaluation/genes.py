@@ -21,6 +21,9 @@ import numpy as np
 from sigmma_jax import atomic
 from sigmma_jax.data import features, readers
 
+# config.eval: genes_file, HEST-Bench's var_50genes.json ({"genes": [...]}) when given, else
+# n_genes by HEST-Bench's procedure on the tiles
+DEFAULTS = {"n_genes": 50, "genes_file": ""}
 CONTROL_WORDS = ("BLANK", "Control")  # HEST-Benchmark drops names containing these
 MIN_TILE_FRACTION = 0.10  # of a slide's tiles a gene must be detected in
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigmma_jax.evaluation import expression
+from sigmma_jax.evaluation import expression, genes
 from sigmma_jax.evaluation.retrieval import l2_normalize
 from sigmma_jax.scales import SCALES
 
 SPLITS = ("train", "test")
+# knn_k: nearest training tiles averaged (BLEEP's predictor)
+DEFAULTS = {**expression.DEFAULTS, **genes.DEFAULTS, "knn_k": 50}
 
 
 def knn_expression(

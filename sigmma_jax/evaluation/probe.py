@@ -19,9 +19,18 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import Ridge
 from sklearn.preprocessing import StandardScaler
 
-from sigmma_jax.evaluation import expression
+from sigmma_jax.evaluation import expression, genes
 
 SPLITS = ("train", "test")
+DEFAULTS = {
+    **expression.DEFAULTS,
+    **genes.DEFAULTS,
+    "pca_components": 256,  # HEST-Bench's PCA width
+    "probe_embedding": "projected",  # EMBEDDINGS: the heads' embeddings | the backbone's
+    "probe_scales": "mean",  # expression.SCALE_READS
+    "equal_width": True,  # at most model.embed_dim components (`components`)
+    "probe_intercept": True,  # HEST-Bench's has none: the results' "hest" is its protocol
+}
 # eval.probe_embedding -> the embeddings' key: the model's projected scales or the backbone's
 EMBEDDINGS = {"projected": "he", "backbone": "he_backbone"}
 # Ridge's lsqr iteration cap, as in HEST-Benchmark. The tolerance is tighter than sklearn's 1e-4

@@ -18,6 +18,7 @@ from sigmma_jax.scales import SCALES
 
 PERCENTS = (5, 10, 15)
 SPLITS = ("test",)
+DEFAULTS: dict = {}  # nothing to set: Recall@PERCENTS of every scale and their sum
 
 
 def top_k(percent: float, n: int) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 from sigmma_jax.evaluation import retrieval
 
 SPLITS = ("train", "test")
+DEFAULTS: dict = {}  # the sample's seed is the split's (data.split.seed)
 
 
 def sample(n_train: int, n_test: int, seed: int) -> np.ndarray:
