@@ -250,12 +250,16 @@ def markdown(by_model: dict, results: dict) -> list[str]:
         "",
         *expression.table(by_model),
         "",
-        "HEST-Benchmark's protocol on the same input (no intercept, log1p units; its per-gene PCC "
-        "is the leaderboard's number):",
-        "",
     ]
     hest = {m: r["hest"] for m, r in by_model.items() if "hest" in r}
-    lines += expression.table(hest) + [""] if hest else []
+    if hest:
+        lines += [
+            "HEST-Benchmark's protocol on the same input (no intercept, log1p units; its per-gene "
+            "PCC is the leaderboard's number):",
+            "",
+            *expression.table(hest),
+            "",
+        ]
     model, result = next(((m, r) for m, r in by_model.items() if r.get("variants")), (None, {}))
     if result:
         lines += [f"What the probe reads ({model}; the headline's settings):", ""]

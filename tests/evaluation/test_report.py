@@ -141,3 +141,28 @@ def test_chance_level_uses_exact_top_k():
     assert report.chance("R@15", 20) == 3 / 20
     assert report.chance("R@5", 30) == 2 / 30
     assert report.chance("R@10", None) == 0.1
+
+
+def test_results_md_has_hest_the_probe_inputs_and_the_graph(tmp_path):
+    """The probe renders its own sections (headline, HEST's protocol, every input), and the ST
+    graph's density is listed per scale."""
+    res = _results()
+    p = res["trained"]["probe"]
+    p.update(input="projected/mean", target_scale="minmax", hest=dict(_probe(0.3)))
+    p["variants"] = {
+        "projected/mean": _probe(0.6111),
+        "projected/concat": dict(_probe(0.5), n_components=192),
+    }
+    res["graph"] = {"micro": {"degree": 3.7}, "meso": {"degree": 9.6, "sampled": 0.45}}
+    write_results(tmp_path, res)
+    md = (tmp_path / "results.md").read_text()
+    assert "| probe input | projected/mean | – |" in md and "| units | minmax | – |" in md
+    hest = md.split("HEST-Benchmark's protocol on the same input")[1].split("What the probe reads")[
+        0
+    ]
+    assert "| PCC per tile | 0.3000 ± 0.1234 | 0.2222 ± 0.1234 |" not in hest  # trained only
+    assert "| PCC per tile | 0.3000 ± 0.1234 |" in hest
+    inputs = md.split("What the probe reads (trained")[1].split("##")[0]
+    assert "| `projected/mean` (headline) | 256 | 0.6111 ± 0.1234 |" in inputs
+    assert "| `projected/concat` | 192 | 0.5000 ± 0.1234 |" in inputs
+    assert "| meso | 9.6000 | 0.4500 |" in md and "| micro | 3.7000 | – |" in md
