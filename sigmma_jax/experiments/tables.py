@@ -230,6 +230,18 @@ def _setup(finished: dict, config: ml_collections.ConfigDict) -> list[str]:
         else "HEST-Benchmark's procedure on the tiles (≥ 10 % of each slide's tiles, scanpy "
         "seurat HVGs)"
     )
+    scales = "; the mean of the scales for a multi-scale model" if e.probe_scales == "mean" else ""
+    width = (
+        f" and no more than the joint space's width {config.model.embed_dim}, so every method is "
+        "read at the same width"
+        if e.equal_width
+        else ""
+    )
+    units = (
+        "each gene scaled to [0, 1] by its range over the training tiles (MSE on the paper's scale)"
+        if e.target_scale == "minmax"
+        else "log1p units"
+    )
     n_folds = len({r.fold for r in finished})
     n_seeds = len({r.seed for r in finished})
     return [
@@ -238,12 +250,8 @@ def _setup(finished: dict, config: ml_collections.ConfigDict) -> list[str]:
         f"{any_res['n_train_tiles']} train / {any_res['n_test_tiles']} test tiles (first run).",
         f"- Task 1 probe: StandardScaler → PCA → ridge (α = 100 / (components × genes), lsqr), "
         f"{'with' if e.probe_intercept else 'without'} intercept, on each method's own tile "
-        f'embedding ("probe reads": the input and its width'
-        f"{'; the mean of the scales for a multi-scale model' if e.probe_scales == 'mean' else ''}), "
-        f"at most {e.pca_components} components"
-        f"{f' and no more than the joint space width {config.model.embed_dim}, so every method is read at the same width' if e.equal_width else ''}; "
-        f"target {target}, scored in "
-        f"{'each gene scaled to [0, 1] by its range over the training tiles (MSE on the paper’s scale)' if e.target_scale == 'minmax' else 'log1p units'}; "
+        f'embedding ("probe reads": the input and its width{scales}), at most '
+        f"{e.pca_components} components{width}; target {target}, scored in {units}; "
         f"{probe.get('n_genes', e.n_genes)} genes from {genes}. "
         '"HEST PCC per gene": HEST-Benchmark\'s own protocol (no intercept, log1p units) on the '
         "same input, its leaderboard's number.",
