@@ -336,11 +336,6 @@ def _fmt(x: Any) -> str:
     return f"{float(x):.4f}" if math.isfinite(x) else "nan"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def result_markdown(result: dict) -> list[str]:
     """results.md lines: per method an ARI table (rows = embeddings, columns = slides and overall),
     then overall NMI, then what was skipped."""
@@ -380,7 +375,7 @@ def result_markdown(result: dict) -> list[str]:
                 str(o["n_slides"]),
             ]
             rows.append(cells)
-        lines += _table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
     lines += ["## Zero-shot spatial domains: NMI (mean over slides ± sd across slides)", ""]
     rows = []
     for name, res in embs.items():
@@ -394,7 +389,7 @@ def result_markdown(result: dict) -> list[str]:
                 for m in result["methods"]
             ]
         )
-    lines += _table(["embedding"] + [METHOD_NAMES[m] for m in result["methods"]], rows) + [""]
+    lines += md.table(["embedding"] + [METHOD_NAMES[m] for m in result["methods"]], rows) + [""]
     if result["skipped"]:
         lines += ["Skipped:", ""] + [f"- {s}" for s in result["skipped"]] + [""]
     return lines
@@ -526,4 +521,5 @@ def draw(
     return path
 
 
-markdown = md.per_model("domains", result_markdown)  # results.md: sigmma_jax.evaluation.markdown
+# results.md: sigmma_jax.evaluation.markdown
+markdown = md.per_model("domains", result_markdown)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from sigmma_jax.data.features import normalized_log1p
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.scales import SCALES
 
 TARGETS = ("log1p", "log1p_normalized")
@@ -121,8 +122,6 @@ ROWS = (
 
 def table(by_model: dict, rows=ROWS) -> list[str]:
     """A metric per row (mean ± sd across test tiles where there is an sd), a model per column."""
-    from sigmma_jax.evaluation import markdown as md
-
     lines = []
     for label, mean_key, sd_key in rows:
         if all(r.get(mean_key) is None for r in by_model.values()):

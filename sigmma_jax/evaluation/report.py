@@ -30,7 +30,6 @@ MODEL_NOTES = {
     "initial": "the model at initialisation: with converted weights, the pretrained backbone behind "
     "randomly initialised heads and ST tower",
 }
-md_table = md.table  # the tables' one format, for the suite's tables too
 
 
 # --------------------------------------------------------------------------- markdown

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.scales import SCALES
 
 PERCENTS = (5, 10, 15)
@@ -99,8 +100,6 @@ def recall_keys(by_model: Mapping[str, dict]) -> list[str]:
 
 def markdown(by_model: dict, results: dict) -> list[str]:
     """One table: a row per direction and scale, a column per Recall@p% and model."""
-    from sigmma_jax.evaluation import markdown as md
-
     del results
     keys = recall_keys(by_model)
     header = ["direction", "scale"] + [f"{k}% {m}" for k in keys for m in by_model]

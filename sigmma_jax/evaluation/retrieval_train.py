@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.evaluation import retrieval
 
 SPLITS = ("train", "test")
@@ -32,8 +33,6 @@ def evaluate(embeddings: dict, config) -> dict:
 def markdown(by_model: dict, results: dict) -> list[str]:
     """The combined recall on the training sample, per direction, beside nothing else: its gap to
     the held-out table above is the overfitting."""
-    from sigmma_jax.evaluation import markdown as md
-
     del results
     keys = retrieval.recall_keys(by_model)
     n = next(iter(by_model.values()))["n_tiles"]

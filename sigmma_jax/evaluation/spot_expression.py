@@ -373,11 +373,6 @@ def _pm(d: dict | None) -> str:
     return "–" if d is None or d["mean"] is None else f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
 def _rows(result: dict) -> list[tuple[str, dict]]:
     # The embeddings, then the floor, labelled.
     rows = list(result["embeddings"].items())
@@ -417,7 +412,7 @@ def result_markdown(result: dict) -> list[str]:
                 + [_pm(sm.get("group_mse", {}).get(g)) for g in groups]
                 + [_pm(sm.get("overall_mse"))]
             )
-        lines += _table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
         lines += ["## Spot gene expression: Pearson r per gene across test spots", ""]
         rows = [
             [name]
@@ -426,7 +421,7 @@ def result_markdown(result: dict) -> list[str]:
             for name, res in result["embeddings"].items()
             if "skipped" not in res and "pcc" in res["summary"]
         ]
-        lines += _table(["embedding"] + genes + ["overall"], rows) + [""]
+        lines += md.table(["embedding"] + genes + ["overall"], rows) + [""]
         lines += [f"## Spot gene expression: MSE over the {len(genes)} genes per slide", ""]
         rows = []
         for name, res in _rows(result):
@@ -438,7 +433,7 @@ def result_markdown(result: dict) -> list[str]:
                 r = res["per_slide"][s]
                 cells.append("skipped" if "skipped" in r else _fmt(r["overall_mse"]))
             rows.append(cells + [_pm(res["summary"].get("overall_mse"))])
-        lines += _table(["embedding"] + slides + ["overall"], rows) + [""]
+        lines += md.table(["embedding"] + slides + ["overall"], rows) + [""]
     if result["panel_genes"]:
         lines += [
             f"## Spot gene expression: the whole panel ({result['panel_genes']} genes), MSE "
@@ -460,7 +455,7 @@ def result_markdown(result: dict) -> list[str]:
             p = res["summary"].get("panel", {})
             cell = _pm(p.get("mse")) + (f" ({_pm(p['pcc'])})" if "pcc" in p else "")
             rows.append(cells + [cell])
-        lines += _table(["embedding"] + slides + ["overall"], rows) + [""]
+        lines += md.table(["embedding"] + slides + ["overall"], rows) + [""]
     if result["missing"]:
         lines += [f"Not in the panel (left out): {', '.join(result['missing'])}.", ""]
     if result["skipped"]:
@@ -468,6 +463,5 @@ def result_markdown(result: dict) -> list[str]:
     return lines
 
 
-markdown = md.per_model(
-    "spot_expression", result_markdown
-)  # results.md: sigmma_jax.evaluation.markdown
+# results.md: sigmma_jax.evaluation.markdown
+markdown = md.per_model("spot_expression", result_markdown)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.evaluation import report
 from sigmma_jax.experiments import st_align_methods as methods
 from sigmma_jax.experiments.tables import finished_runs, mean_sd, write_files
@@ -191,7 +192,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             [label, *[_cell(row["slides"].get(s)) for s in slides], _cell(row["overall"])]
             for label, row in table.items()
         ]
-        lines += report.md_table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
         lines += ["Order: " + _order(table, lambda v: v["overall"][0]), ""]
     if tables["table2"]:
         lines += ["## Table 2: ablations (fused spot ARI, image MSE)", ""]
@@ -200,7 +201,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             [label, _cell(r.get("ari_kmeans")), _cell(r.get("ari_gmm")), _cell(r.get("mse"), 4)]
             for label, r in tables["table2"].items()
         ]
-        lines += report.md_table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
     t3 = tables["table3"]
     if t3:
         genes = list(next(iter(t3.values()))["mse"])
@@ -214,7 +215,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             + [_cell(r["overall_mse"], 4)]
             for label, r in t3.items()
         ]
-        lines += report.md_table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
         lines += [
             "Order (lower is better): "
             + _order(

@@ -34,6 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from sigmma_jax import atomic
+from sigmma_jax.evaluation import markdown as md
 from sigmma_jax.evaluation import report, retrieval
 from sigmma_jax.experiments import methods
 from sigmma_jax.scales import SCALES
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 EXPRESSION = {"pcc_tile": "pcc_tile_mean", "mse_tile": "mse_tile_mean", "pcc_gene": "pcc_gene_mean"}
 RECALLS = tuple(f"R@{p}" for p in retrieval.PERCENTS)
-DIRECTIONS = report.DIRECTIONS
+DIRECTIONS = retrieval.DIRECTIONS
 LABELS = {
     "frozen_backbone": "backbone alone, frozen (the paper's UNI row)",
     "single_scale_clip": "single-scale CLIP (whole tile vs expression MLP)",
@@ -289,7 +290,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
     t1 = tables["table1"]
     if t1:
         lines += ["## Table 1: gene expression prediction (Task 1, linear probe)", ""]
-        lines += report.md_table(header1, expression_rows(t1, "main")) + [""]
+        lines += md.table(header1, expression_rows(t1, "main")) + [""]
         if "knn_expression" in t1.get("bleep", {}):
             k = t1["bleep"]["knn_expression"]
             lines += [
@@ -323,7 +324,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
         ]
         n_test = next(iter(finished.values()))["n_test_tiles"]
         chance = ", ".join(f"{k}% {report.chance(k, n_test):.3f}" for k in RECALLS)
-        lines += report.md_table(header, rows) + [
+        lines += md.table(header, rows) + [
             "",
             f"Chance ({n_test} test tiles): {chance}.",
             "",
@@ -342,7 +343,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
         rows = []
         for backbone, entries in t3.items():
             rows += expression_rows(entries, backbone, lambda k, b=backbone: f"{b}: `{k}`")
-        lines += report.md_table(header1, rows) + [""]
+        lines += md.table(header1, rows) + [""]
     t4 = tables["table4"]
     if t4:
         lines += ["## Table 4: ablations (cumulative rows)", ""]
@@ -353,7 +354,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             + [_degrees(t4[k].get("graph", {}))]
             for r, k in zip(expression_rows(t4, "main", lambda k: LABELS.get(k, k)), t4)
         ]
-        lines += report.md_table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
         lines += [
             "Edges per cell: the ST graph's mean degree after each stage over the last logged "
             "training steps (sampled edges in SIGMMA; every candidate in the fully connected "
@@ -378,7 +379,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
         header = ["run"] + [f"fold {f}" for f in folds] + ["mean ± sd"]
         keys = sorted({(r.backbone, r.method) for r in finished})
         rows = [[f"{b}/{m}"] + _fold_cells(finished, b, m, folds) for b, m in keys]
-        lines += report.md_table(header, rows) + [""]
+        lines += md.table(header, rows) + [""]
     return "\n".join(lines)
 
 
@@ -406,7 +407,7 @@ def _inputs_table(tables: dict) -> list[str]:
     return [
         "## Task 1 by what the probe reads (PCC per gene, the headline's settings)",
         "",
-        *report.md_table(["method"] + [f"`{r}`" for r in reads], body),
+        *md.table(["method"] + [f"`{r}`" for r in reads], body),
         "",
         "`projected/S`: the heads' embedding of scale S; `mean`: the mean of the scales (the "
         "headline); `concat`: the scales side by side, as wide as all of them (the default before "
@@ -430,7 +431,7 @@ def _whole_tile_table(t: dict) -> list[str]:
     return [
         "## Why SIGMMA's backbone embeds the whole tile as it does (SIGMMA variants)",
         "",
-        *report.md_table(header, rows),
+        *md.table(header, rows),
         "",
     ]
 

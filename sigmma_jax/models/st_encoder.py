@@ -197,7 +197,8 @@ class STEncoder(nn.Module):
         real = mask.sum()
         self.sow("stats", "graph_micro_degree", (adj.sum(-1) * mask).sum() / jnp.maximum(real, 1))
         # Pairs that are edges for sure: not candidates again. With expectation weights at
-        # evaluation no added edge is sure, so a meso candidate is a candidate again at macro.
+        # evaluation no added edge is sure, so under candidates="block" a meso candidate is a
+        # candidate again at macro (neighbour-patch candidates of the two stages are disjoint).
         existing = adj > 0
         expectation = not train and self.eval_edges == "expectation"
         for scale in SCALES[1:]:

@@ -225,3 +225,26 @@ def test_every_methods_headline_probe_reads_the_same_width():
     assert variants["backbone/macro"]["n_components"] == base.model.embed_dim
     frozen = probe_lib.evaluate(runs["frozen_backbone"], methods.configure(base, "frozen_backbone"))
     assert set(frozen["variants"]) == {"backbone/macro"}  # untrained heads are not probed
+
+
+def test_learning_curve_at_every_tile_is_the_evaluated_probe():
+    """On all training tiles the curve's point is the evaluated variant's per-gene PCC (each draw
+    is then every tile); on fewer, each draw is a seeded subset, the same for every input."""
+    from support.configs import tiny_config
+
+    from sigmma_jax.experiments import methods
+
+    rng = np.random.default_rng(14)
+    emb = _fake_run(rng, ("micro", "meso", "macro"), 32, 48)
+    c = methods.configure(tiny_config(), "sigmma")
+    c.eval.pca_components = 256
+    reads = ["projected/mean", "projected/concat"]
+    curve = probe_lib.learning_curve(emb, c, reads, [40, 10**6], repeats=2, seed=3)
+    variants = probe_lib.evaluate(emb, c)["variants"]
+    for read in reads:
+        assert set(curve[read]) == {40, 150}
+        mean, sd = curve[read][150]
+        assert mean == pytest.approx(variants[read]["pcc_gene_mean"], rel=1e-12) and sd == 0.0
+    again = probe_lib.learning_curve(emb, c, reads, [40], repeats=2, seed=3)
+    assert again == {r: {40: curve[r][40]} for r in reads}  # seeded
+    assert curve["projected/mean"][40][1] > 0  # two different subsets
