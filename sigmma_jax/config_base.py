@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- data: readers -> tiles and graphs -> shards (docs/method.md, "Data") -------------------------------
     c.data = d = ml_collections.ConfigDict()
-    d.source = "generic"  # "synthetic" | "generic" | "hest" | "xenium"
+    d.source = "generic"  # "synthetic" | "generic" | "hest" | "xenium" | "spatialdata"
     d.cells = ""  # generic: .h5ad of cells (raw counts, obsm['spatial'] in level-0 px)
     d.wsi = ""  # generic: (pyramidal) TIFF of the H&E
     d.pixel_size_um = 0.0  # 0: read from the OME/TIFF metadata
@@ -41,6 +41,13 @@ def base_config() -> ml_collections.ConfigDict:
     d.min_qv = 20.0  # HEST transcripts below this Phred quality are not counted
     d.xenium_dir = ""  # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
     d.alignment = ""  # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
+    # A SpatialData zarr store (spatialdata-io: Xenium, Visium, CosMx, MERSCOPE...): the H&E image,
+    # the table of counts and the coordinate system linking them ("": the only one); um_per_unit:
+    # µm per unit of the cells' own coordinates (Xenium and MERSCOPE shapes: 1; CosMx: its pixel
+    # size), unless data.pixel_size_um gives the H&E's or the spots' diameter does (Visium).
+    d.spatialdata = ml_collections.ConfigDict(
+        dict(store="", image="", table="", coordinate_system="", um_per_unit=1.0)
+    )
     # size_um: 3.84 mm, 809 tiles (635 train, 174 held out). At 2.56 mm the demo had 257 training
     # tiles and 68 held out, too few to train on and to measure with (docs/benchmarks.md).
     d.synthetic = ml_collections.ConfigDict(
@@ -322,7 +329,7 @@ def st_align_config() -> ml_collections.ConfigDict:
     m.variant = "st_align"
     m.clip_dim = 32
     # --- data: Visium in the forms users have it (README, "ST-Align"; docs/method.md, "Visium")
-    d.source = "hest"  # "hest" (Visium samples of HEST-1k) | "spaceranger" | "generic" | "synthetic_visium"
+    d.source = "hest"  # "hest" (Visium samples of HEST-1k) | "spaceranger" | "generic" | "spatialdata" | "synthetic_visium"
     d.spaceranger_dir = (
         ""  # a Space Ranger outs/ folder, a sample folder holding one, or a folder of them
     )

@@ -121,15 +121,73 @@ def value_scale(sample: np.ndarray, path) -> float:
     return 255.0 if hi <= 1.0 else 1.0
 
 
+class _ChannelsLast:
+    """A (c, y, x) zarr array of an OME-Zarr image indexed as (y, x, c), like a TIFF level."""
+
+    def __init__(self, array, order: tuple[int, int, int]):
+        self._array, self._order = array, order  # positions of y, x, c in the stored array
+        self.shape = tuple(array.shape[i] for i in order)
+        self.dtype = array.dtype
+
+    def __getitem__(self, key) -> np.ndarray:
+        ys, xs = key
+        index = [slice(None)] * 3
+        index[self._order[0]], index[self._order[1]] = ys, xs
+        return np.transpose(
+            np.asarray(self._array[tuple(index)]), np.argsort(np.argsort(self._order))
+        )
+
+
+def ome_zarr_levels(path: pathlib.Path) -> list:
+    """The resolution levels of an OME-Zarr image (a SpatialData image element, NGFF 0.4 or 0.5),
+    largest first, each indexed (y, x, c)."""
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if not multiscales:
+            raise InputError(f"{path}: a zarr group without OME-NGFF multiscales: not an image")
+        axes = [a["name"] if isinstance(a, dict) else a for a in multiscales[0]["axes"]]
+        if sorted(axes) != ["c", "x", "y"]:
+            raise InputError(f"{path}: image axes {axes}; expected c, y and x (a 2D RGB image)")
+        order = tuple(axes.index(a) for a in ("y", "x", "c"))
+        return [_ChannelsLast(group[d["path"]], order) for d in multiscales[0]["datasets"]]
+    except InputError:
+        raise
+    except Exception as e:  # zarr raises many types on damaged stores
+        raise InputError(
+            f"{path}: cannot open as an OME-Zarr image ({type(e).__name__}: {e})"
+        ) from e
+
+
+def is_ome_zarr(path: pathlib.Path) -> bool:
+    """A folder holding zarr metadata (v2 or v3): an OME-Zarr image rather than a TIFF."""
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zattrs", ".zgroup"))
+
+
 class WSI:
-    """Lazy region reads from level 0 of a (pyramidal) TIFF; only the requested tiles are decoded."""
+    """Lazy region reads from level 0 of a (pyramidal) TIFF, or of an OME-Zarr image (a SpatialData
+    store's image element, `STORE.zarr/images/NAME`); only the requested tiles are decoded."""
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
+        self._tif = None
         if not self.path.exists():
             raise InputError(f"{self.path}: WSI file not found")
-        if self.path.is_dir():
+        if is_ome_zarr(self.path):
+            self._levels = ome_zarr_levels(self.path)
+        elif self.path.is_dir():
             raise InputError(f"{self.path}: a folder, not a TIFF of the H&E")
+        else:
+            self._open_tiff()
+        self._level0 = self._levels[0]
+        shape = self._level0.shape
+        if len(shape) != 3 or shape[-1] not in (3, 4):
+            raise InputError(f"{self.path}: expected an RGB image (H, W, 3), got shape {shape}")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self._scale = None if self._level0.dtype != np.uint8 else 1.0
+
+    def _open_tiff(self) -> None:
         try:
             with _quiet_tifffile():
                 self._tif = tifffile.TiffFile(self.path)
@@ -151,12 +209,6 @@ class WSI:
                 f"{self.path}: truncated or damaged TIFF: its image data runs to byte {end:,} "
                 f"but the file has {size:,} bytes"
             )
-        self._level0 = self._levels[0]
-        shape = self._level0.shape
-        if len(shape) != 3 or shape[-1] not in (3, 4):
-            raise InputError(f"{self.path}: expected an RGB image (H, W, 3), got shape {shape}")
-        self.shape = (int(shape[0]), int(shape[1]))
-        self._scale = None if self._level0.dtype != np.uint8 else 1.0
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """RGB uint8 region [y0:y1, x0:x1]; parts outside the image read as white glass."""
@@ -213,14 +265,17 @@ class WSI:
         return img, (self.shape[0] / img.shape[0], self.shape[1] / img.shape[1])
 
     def pixel_size_um(self) -> float | None:
-        return tiff_pixel_size_um(self._tif)
+        """From the TIFF's metadata; None for an OME-Zarr image, whose scale lives in its store's
+        coordinate transformations (the spatialdata source reads it there)."""
+        return tiff_pixel_size_um(self._tif) if self._tif is not None else None
 
     @property
     def n_levels(self) -> int:
-        return len(self._tif.series[0].levels)
+        return len(self._levels)
 
     def close(self) -> None:
-        self._tif.close()
+        if self._tif is not None:
+            self._tif.close()
 
     def __enter__(self) -> "WSI":
         return self

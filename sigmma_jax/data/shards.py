@@ -55,7 +55,17 @@ def read_manifest(directory: str | pathlib.Path) -> dict:
 
 
 def _file_id(path: pathlib.Path, span: int = 1 << 20) -> list:
-    """What identifies a file wherever it lies: its size and a checksum of its head and tail."""
+    """What identifies a file wherever it lies: its size and a checksum of its head and tail. A
+    folder (an OME-Zarr image): the names and sizes of its files and its metadata files' bytes."""
+    if path.is_dir():
+        h, total = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel, size = f.relative_to(path).as_posix(), f.stat().st_size
+            h.update(f"{rel}\0{size}\0".encode())
+            total += size
+            if f.name in ("zarr.json", ".zattrs", ".zarray", ".zgroup"):
+                h.update(f.read_bytes())
+        return [total, h.hexdigest()[:16]]
     size = path.stat().st_size
     h = hashlib.sha256()
     with open(path, "rb") as f:

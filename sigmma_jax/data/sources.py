@@ -113,6 +113,29 @@ def _xenium(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers
     return [xenium.read_xenium(d.xenium_dir, d.wsi, d.alignment, he_pixel_size_um=d.pixel_size_um)]
 
 
+def _spatialdata(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[readers.Slide]:
+    from sigmma_jax.data import spatialdata_source
+
+    sd = d.spatialdata
+    if not sd.store:
+        raise readers.InputError(
+            "the spatialdata source needs --config.data.spatialdata.store=STORE.zarr (README, "
+            "'SpatialData')"
+        )
+    return [
+        spatialdata_source.read_spatialdata(
+            sd.store,
+            image=sd.image,
+            table=sd.table,
+            coordinate_system=sd.coordinate_system,
+            um_per_unit=sd.um_per_unit,
+            pixel_size_um=d.pixel_size_um,
+            spot_diameter_um=d.spots.diameter_um if is_spots(d) else 0.0,
+            allow_non_integer=d.allow_non_integer_counts,
+        )
+    ]
+
+
 SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list[readers.Slide]]] = {
     "synthetic": _synthetic,
     "generic": _generic,
@@ -120,6 +143,7 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list[read
     "xenium": _xenium,
     "spaceranger": _spaceranger,
     "synthetic_visium": _synthetic_visium,
+    "spatialdata": _spatialdata,
 }
 
 
@@ -139,12 +163,19 @@ def _xenium_obs(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list:
     return [xenium.read_cells_table(d.xenium_dir)]
 
 
+def _spatialdata_obs(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list:
+    from sigmma_jax.data import spatialdata_source
+
+    return [spatialdata_source.read_obs(d.spatialdata.store, d.spatialdata.table)]
+
+
 # The input's own per-cell table of each slide (indexed by cell id; columns carried into results).
 OBS: dict[str, Callable[[ml_collections.ConfigDict, pathlib.Path], list]] = {
     "synthetic": _synthetic_obs,
     "generic": lambda d, workdir: [readers.read_obs(d.cells)],
     "hest": _hest_obs,
     "xenium": _xenium_obs,
+    "spatialdata": _spatialdata_obs,
 }
 
 

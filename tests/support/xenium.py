@@ -133,6 +133,7 @@ def write_cells_parquet(path, cell_ids, xy_um, counts_total, rng):
         }
     )
     pq.write_table(table, path, compression="zstd")
+    return area
 
 
 def write_feature_matrix(path, barcodes, counts, names, feature_types):
@@ -180,6 +181,31 @@ def write_keypoints(path, affine, morph_pixel_size, he_shape, rng):
     pathlib.Path(path).write_text("\n".join(rows) + "\n")
 
 
+def write_cells_zarr(path, cell_ids, xy_um, area):
+    """cells.zarr.zip as XOA >= 2.0 writes it, the parts spatialdata-io reads with the table: the
+    cell ids as (prefix, dataset suffix) uint32 pairs and the cell summary."""
+    import zarr
+
+    letters = {c: i for i, c in enumerate("abcdefghijklmnop")}
+    prefix = [int("".join(f"{letters[c]:x}" for c in i.split("-")[0]), 16) for i in cell_ids]
+    suffix = [int(i.split("-")[1]) for i in cell_ids]
+    summary = np.c_[xy_um, area, xy_um, area * 0.4, np.zeros(len(cell_ids)), np.ones(len(cell_ids))]
+    with zarr.storage.ZipStore(path, mode="w") as store:
+        root = zarr.group(store=store, zarr_format=2)
+        root.create_array("cell_id", data=np.c_[prefix, suffix].astype(np.uint32))
+        cs = root.create_array("cell_summary", data=summary.astype(np.float64))
+        cs.attrs["column_names"] = [
+            "cell_centroid_x",
+            "cell_centroid_y",
+            "cell_area",
+            "nucleus_centroid_x",
+            "nucleus_centroid_y",
+            "nucleus_area",
+            "z_level",
+            "nucleus_count",
+        ]
+
+
 def write_xenium_bundle(
     out_dir,
     slide_xy_he_px,
@@ -193,11 +219,15 @@ def write_xenium_bundle(
     keypoints=False,
     controls=True,
     seed=0,
+    he_image=None,
+    as_xoa=False,
 ):
     """Writes the bundle of the cells given in H&E level-0 pixels; -> (bundle, he_image, alignment).
 
     `affine` maps H&E px -> morphology px (the Xenium Explorer matrix). `he_pixel_size_um=None`
-    writes an H&E without pixel size metadata."""
+    writes an H&E without pixel size metadata; `he_image` (H, W, 3) is its pixels (default: one
+    pink). `as_xoa` writes what spatialdata-io's reader also needs: cells.zarr.zip, and the matrix
+    columns in the order of cells.parquet (else shuffled, which the project's reader must join)."""
     rng = np.random.default_rng(seed)
     out = pathlib.Path(out_dir)
     bundle = out / "outs"
@@ -213,14 +243,20 @@ def write_xenium_bundle(
 
     xy_um = (np.c_[xy_he, np.ones(len(xy_he))] @ np.asarray(affine).T)[:, :2] * morph_pixel_size
     write_experiment(bundle / "experiment.xenium", morph_pixel_size, len(cell_ids))
-    write_cells_parquet(bundle / "cells.parquet", cell_ids, xy_um, counts.sum(1), rng)
-    order = rng.permutation(len(cell_ids))  # matrix columns in another order than cells.parquet
+    area = write_cells_parquet(bundle / "cells.parquet", cell_ids, xy_um, counts.sum(1), rng)
+    # matrix columns in another order than cells.parquet, unless as XOA writes them
+    order = np.arange(len(cell_ids)) if as_xoa else rng.permutation(len(cell_ids))
+    if as_xoa:
+        write_cells_zarr(bundle / "cells.zarr.zip", cell_ids, xy_um, area)
     write_feature_matrix(
         bundle / "cell_feature_matrix.h5", [cell_ids[i] for i in order], counts[order], names, types
     )
 
-    image = np.empty((*he_shape, 3), np.uint8)
-    image[:] = (220, 140, 180)
+    if he_image is None:
+        image = np.empty((*he_shape, 3), np.uint8)
+        image[:] = (220, 140, 180)
+    else:
+        image = np.asarray(he_image, np.uint8)
     he = write_tiff(out / "he_image.ome.tif", image, he_pixel_size_um)
     if keypoints:
         alignment = out / "he_keypoints.csv"
