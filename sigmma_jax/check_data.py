@@ -3,6 +3,7 @@
     python -m sigmma_jax.check_data HEST_DIR                             # a HEST-1k download
     python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR [HE.tif ALIGN.csv] # a raw Xenium bundle
     python -m sigmma_jax.check_data CELLS.h5ad HE.tif                    # the generic format
+    python -m sigmma_jax.check_data STORE.zarr [--config=...]           # a SpatialData store
     python -m sigmma_jax.check_data --config=configs/X.py [--config.data.*=...]  # what a run reads
 
 Cells with their H&E, and any --config, are checked as the run checks them. Exits 0 when everything
@@ -20,7 +21,8 @@ FLAGS = flags.FLAGS
 def main(argv) -> int:
     if len(argv) < 2 and FLAGS.config is None:
         raise app.UsageError(
-            "name a HEST folder, a Xenium bundle, CELLS.h5ad HE.tif, or --config=..."
+            "name a HEST folder, a Xenium bundle, CELLS.h5ad HE.tif, a SpatialData STORE.zarr, or "
+            "--config=..."
         )
     return 0 if check.check(argv[1:], FLAGS.config, FLAGS.workdir) else 1
 

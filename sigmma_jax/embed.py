@@ -11,6 +11,9 @@ model reads. The model, gene panel and tile or spot settings are the run's.
 - An ST-Align run: Visium slides (configs/st_align.py with --config.data.*). Writes OUT/spots.h5ad
   (embeddings, zero-shot domains, expression predicted from the image) and OUT/figures/. How:
   `sigmma_jax.analysis.spots`.
+- `--spatialdata=STORE.zarr` adds the results to a SpatialData store (the input store itself, or a
+  new one): the tile grid and the cells or spots as shapes with their tables, and a spatialdata-plot
+  figure of the clusters over the H&E. How: `sigmma_jax.analysis.spatialdata_out`.
 """
 
 import json
@@ -21,6 +24,21 @@ from sigmma_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("figures", True, "Cluster the cells and draw the figures after embedding.")
+flags.DEFINE_string(
+    "spatialdata",
+    None,
+    "Also write the results to this SpatialData store (the input store, or a new path); needs "
+    "the [spatialdata] extra.",
+)
+
+
+def _store() -> None:
+    if FLAGS.spatialdata:
+        from sigmma_jax.analysis import spatialdata_out
+
+        done = spatialdata_out.write_store(FLAGS.out, FLAGS.spatialdata, FLAGS.config)
+        for path in [done["store"], *done["figures"]]:
+            print(path)
 
 
 def main(argv) -> int:
@@ -34,6 +52,7 @@ def main(argv) -> int:
 
         done = spots.embed_spots(FLAGS.run, FLAGS.config, FLAGS.out)
         logging.info("%s", json.dumps({k: v for k, v in done.items() if k != "preprocessing"}))
+        _store()
         return 0
     from sigmma_jax.analysis import embed
 
@@ -44,6 +63,7 @@ def main(argv) -> int:
 
         for path in figures.write_all(FLAGS.out, FLAGS.config):
             print(path)
+    _store()
     return 0
 
 

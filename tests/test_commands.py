@@ -15,7 +15,7 @@ COMMANDS = {  # a line of the module's docstring and one of its flags
     "convert": ("Converts a PyTorch backbone", "--src"),
     "bench": ("Benchmarks", "--batch_sizes"),
     "attention_maps": ("attention maps", "--weights"),
-    "embed": ("Embeds a slide", "--[no]figures"),
+    "embed": ("Embeds a slide", "--spatialdata"),
     "experiments": ("The paper's experiments in one command", "--workdir"),
 }
 

@@ -4,6 +4,7 @@
   python -m sigmma_jax.check_data XENIUM_OUTPUT_DIR [HE.tif ALIGN.csv] # a raw Xenium bundle
   python -m sigmma_jax.check_data SPACERANGER_DIR [HE.tif]            # Space Ranger outs/
   python -m sigmma_jax.check_data CELLS.h5ad HE.tif                   # the generic format
+  python -m sigmma_jax.check_data STORE.zarr [--config=...]          # a SpatialData store
   python -m sigmma_jax.check_data --config=configs/X.py [--config.data.*=...]  # what a run reads
 
 A HEST folder or a Xenium bundle alone is listed from headers and metadata (quick). Cells with their
@@ -318,6 +319,30 @@ def check_spaceranger(
     )
 
 
+def check_spatialdata(
+    path: pathlib.Path, config: ml_collections.ConfigDict | None, workdir: str | None = None
+) -> bool:
+    """A SpatialData store: its elements and coordinate systems listed, then read as a run of
+    `config` (configs/spatialdata.py's defaults, or ST-Align's when it is a spots config) reads
+    it, with data.spatialdata naming the store."""
+    from sigmma_jax.data import sources, spatialdata_source
+
+    try:
+        sdata = spatialdata_source.open_store(path)
+    except readers.InputError as e:
+        print(f"NOT usable: {e}")
+        return False
+    for kind in ("images", "labels", "shapes", "points", "tables"):
+        names = sorted(getattr(sdata, kind))
+        if names:
+            print(f"{path}: {kind}: {', '.join(names)}")
+    print(f"{path}: coordinate systems: {', '.join(sdata.coordinate_systems)}")
+    spots = config is not None and sources.is_spots(config.data)
+    c = _config(config, spots=spots, source="spatialdata")
+    c.data.spatialdata.store = str(path)
+    return check_run(c, workdir)
+
+
 def check(
     paths: list[str], config: ml_collections.ConfigDict | None = None, workdir: str | None = None
 ) -> bool:
@@ -337,6 +362,8 @@ def check(
     if _is_spaceranger(path):
         wsi = pathlib.Path(paths[1]) if len(paths) > 1 else None
         return check_spaceranger(path, wsi, config)
+    if readers.is_ome_zarr(path):
+        return check_spatialdata(path, config, workdir)
     ok = check_hest(path)
     if ok and config is not None:  # the whole cohort, read as the run reads it
         ok = check_run(_config(config, source="hest", hest_dir=str(path)), workdir)

@@ -28,6 +28,7 @@ from sigmma_jax.data import readers
 from sigmma_jax.errors import InputError
 
 EXTRA = "the spatialdata source needs the extra: pip install 'sigmma_jax[spatialdata]'"
+OURS = "sigmma_"  # the prefix of the elements results add to a store (analysis.spatialdata_out)
 TISSUE_COLUMN = (
     "in_tissue"  # Visium's spots over glass are dropped, as the Space Ranger reader does
 )
@@ -66,8 +67,9 @@ def open_store(store):
 
 
 def pick(elements, name: str, what: str, store, flag: str) -> str:
-    """`name`, or the only element of its kind; the error lists what the store holds."""
-    names = sorted(elements.keys())
+    """`name`, or the only element of its kind that is not one of this project's results (named
+    "sigmma_...", added by `embed --spatialdata`); the error lists what the store holds."""
+    names = sorted(k for k in elements.keys() if name or not k.startswith(OURS))
     if name:
         if name not in elements:
             raise InputError(f"{store}: no {what} {name!r}; it holds {names or 'none'}")

@@ -107,3 +107,30 @@ def test_a_rerun_reuses_the_output_and_a_missing_sample_is_one_line(embedded, tm
     with pytest.raises(InputError, match=r"metadata/SYN99\.json: missing"):
         spots.embed_spots(run, _slides_config(config, ("SYN99",)), tmp_path / "o")
     assert not (tmp_path / "o" / spots.DONE).exists()
+
+
+def test_spots_go_into_a_spatialdata_store_one_system_per_slice(embedded, tmp_path):
+    """Each slice gets its own coordinate system holding its H&E and its spots as 55 µm circles;
+    one table annotates both slices' circles, with the domains; a figure per slice."""
+    pytest.importorskip("spatialdata")
+    import spatialdata as sd
+
+    from sigmma_jax.analysis import spatialdata_out
+
+    _, config, out, _, adata = embedded
+    c = _slides_config(config)
+    done = spatialdata_out.write_store(out, tmp_path / "spots.zarr", c)
+    s = sd.read_zarr(tmp_path / "spots.zarr")
+    assert set(s.images) == {f"{sid}_he" for sid in SAMPLES}
+    assert set(s.shapes) == {f"sigmma_spots_{sid}" for sid in SAMPLES}
+    assert set(s.coordinate_systems) == set(SAMPLES)
+    t = s.tables["sigmma_cell_table"]
+    assert t.n_obs == adata.n_obs and "domain" in t.obs
+    assert sorted(np.atleast_1d(t.uns["spatialdata_attrs"]["region"])) == sorted(s.shapes)
+    circles = s[f"sigmma_spots_{SAMPLES[0]}"]
+    rows = adata[(adata.obs["slide"] == SAMPLES[0]).to_numpy()]
+    at = circles.loc[rows.obs["barcode"]]
+    np.testing.assert_allclose(np.c_[at.geometry.x, at.geometry.y], rows.obsm["spatial"], atol=1e-6)
+    px = config.data.synthetic_visium.pixel_size_um
+    assert 2 * at["radius"].iloc[0] == pytest.approx(55.0 / px, rel=0.02)
+    assert len(done["figures"]) == len(SAMPLES)
