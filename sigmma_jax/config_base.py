@@ -42,11 +42,13 @@ def base_config() -> ml_collections.ConfigDict:
     d.xenium_dir = ""  # raw Xenium output folder (experiment.xenium, cells.parquet, ...)
     d.alignment = ""  # H&E -> morphology alignment: 3x3 affine CSV or keypoints CSV
     # A SpatialData zarr store (spatialdata-io: Xenium, Visium, CosMx, MERSCOPE...): the H&E image,
-    # the table of counts and the coordinate system linking them ("": the only one); um_per_unit:
-    # µm per unit of the cells' own coordinates (Xenium and MERSCOPE shapes: 1; CosMx: its pixel
-    # size), unless data.pixel_size_um gives the H&E's or the spots' diameter does (Visium).
+    # the table of counts and the coordinate system linking them ("": the only one); centroids:
+    # "" (the shapes or labels the table annotates) or an obsm key of positions in
+    # coordinate_system (CosMx: "global"); um_per_unit: µm per unit of the cells' coordinates
+    # (Xenium, MERSCOPE: 1; CosMx: its pixel size) unless data.pixel_size_um gives the H&E's, or
+    # the Visium array pitch does.
     d.spatialdata = ml_collections.ConfigDict(
-        dict(store="", image="", table="", coordinate_system="", um_per_unit=1.0)
+        dict(store="", image="", table="", coordinate_system="", centroids="", um_per_unit=1.0)
     )
     # size_um: 3.84 mm, 809 tiles (635 train, 174 held out). At 2.56 mm the demo had 257 training
     # tiles and 68 held out, too few to train on and to measure with (docs/benchmarks.md).

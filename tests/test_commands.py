@@ -74,8 +74,8 @@ def test_missing_data_is_one_line_and_exit_1(tmp_path):
         (["--bogus", "x"], "error: Unknown command line flag 'bogus'"),
         (
             [],
-            "error: name a HEST folder, a Xenium bundle, CELLS.h5ad HE.tif, or --config=... "
-            "(see --help)",
+            "error: name a HEST folder, a Xenium bundle, CELLS.h5ad HE.tif, a SpatialData "
+            "STORE.zarr, or --config=... (see --help)",
         ),
     ],
 )

@@ -23,7 +23,8 @@ NEW_KEYS = {
 }
 # Keys added since, which change nothing of what the code did then (a new input source's settings).
 LATER_KEYS = {
-    f"data.spatialdata.{k}" for k in ("store", "image", "table", "coordinate_system", "um_per_unit")
+    f"data.spatialdata.{k}"
+    for k in ("store", "image", "table", "coordinate_system", "centroids", "um_per_unit")
 }
 
 
@@ -55,7 +56,9 @@ def test_legacy_configs_are_the_old_configs(name, arg, key):
 def test_legacy_runs_reproduce_the_old_numbers(tmp_path):
     """A tiny SIGMMA run and a tiny single-scale CLIP run with LEGACY give the numbers the code of
     2026-12-02 gave them (recorded then with the same script): every retrieval, probe and kNN
-    figure. Measured bit for bit on the 2-core machine; rtol 1e-6 leaves room for another CPU."""
+    figure. Measured bit for bit on the 2-core machine that recorded them; on another (an AMD EPYC,
+    2026-12-04, with or without the spatialdata stack installed) the probe's pcc_gene_mean moved
+    by 1.1e-6 relative, so rtol is 1e-5, far below what any setting of LEGACY moves."""
     want = json.loads((SUPPORT / "tiny_before_issue21.json").read_text())
     for method, evaluators in want.items():
         c = tiny_config(tmp_path / f"shards_{method}")
@@ -64,7 +67,7 @@ def test_legacy_runs_reproduce_the_old_numbers(tmp_path):
         for name, old in evaluators.items():
             flat_old, flat_new = _flat(old), _flat(got[name])
             for k, v in flat_old.items():
-                assert flat_new[k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), (
+                assert flat_new[k] == (pytest.approx(v, rel=1e-5) if isinstance(v, float) else v), (
                     method,
                     name,
                     k,

@@ -125,7 +125,7 @@ def results(out: pathlib.Path, config: ml_collections.ConfigDict) -> tuple[dict,
             image = "he" if one else f"{slide.name}_he"
             system = slide.name
             transformations = {system: Identity()}
-            add[image] = _image(slide, transformations)
+            add[image] = spatialdata_source.image_element(slide.wsi_path, transformations)
         suffix = "" if one else f"_{slide.name}"
         tile_el = f"{PREFIX}tiles{suffix}"
         if tiles is not None:
@@ -190,41 +190,6 @@ def _annotated(sdata, config, ids: np.ndarray, cells) -> tuple[list[str], str]:
     used = set(cells.obs["region"])
     names = [r for r in ([regions] if isinstance(regions, str) else regions) if r in used]
     return names, instance_key
-
-
-def _image(slide: readers.Slide, transformations):
-    """The slide's H&E as a multiscale image element, read lazily from its TIFF level by level."""
-    import dask.array as da
-    from spatialdata.models import Image2DModel
-
-    wsi = readers.WSI(slide.wsi_path)
-    h, w = wsi.shape
-    step = 1024
-
-    def block(y: int, x: int):  # (3, h, w): da.block joins the last two axes, y then x
-        y1, x1 = min(y + step, h), min(x + step, w)
-        part = da.from_delayed(_delayed_read(wsi, y, y1, x, x1), (y1 - y, x1 - x, 3), np.uint8)
-        return part.transpose(2, 0, 1)
-
-    image = da.block([[block(y, x) for x in range(0, w, step)] for y in range(0, h, step)])
-    factors = []
-    side = max(h, w)
-    while side > 2048:
-        factors.append(2)
-        side //= 2
-    return Image2DModel.parse(
-        image,
-        dims=("c", "y", "x"),
-        c_coords=["r", "g", "b"],
-        scale_factors=factors or None,
-        transformations=transformations,
-    )
-
-
-def _delayed_read(wsi, y0, y1, x0, x1):
-    import dask
-
-    return dask.delayed(wsi.read)(y0, y1, x0, x1)
 
 
 def write_store(

@@ -128,6 +128,7 @@ def _spatialdata(d: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[re
             image=sd.image,
             table=sd.table,
             coordinate_system=sd.coordinate_system,
+            centroids=sd.centroids,
             um_per_unit=sd.um_per_unit,
             pixel_size_um=d.pixel_size_um,
             spot_diameter_um=d.spots.diameter_um if is_spots(d) else 0.0,

@@ -119,6 +119,28 @@ def _transform(sdata, element: str, image: str, coordinate_system: str, store) -
     return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), float)
 
 
+def _obsm_positions(sdata, table, key: str, image: str, coordinate_system: str, store):
+    """(centroids, image px per unit) from the table's obsm[key], positions in `coordinate_system`
+    ("" -> "global"), e.g. CosMx's CenterX/Y_global_px in obsm['global']."""
+    from spatialdata.transformations import get_transformation
+
+    system = coordinate_system or "global"
+    if key not in table.obsm:
+        raise InputError(f"{store}: the table has no obsm[{key!r}] (it has {sorted(table.obsm)})")
+    systems = get_transformation(sdata[image], get_all=True)
+    if system not in systems:
+        raise InputError(
+            f"{store}: the image {image!r} has no transformation to {system!r} (it has "
+            f"{sorted(systems)}), where obsm[{key!r}] lies; name the system with "
+            "--config.data.spatialdata.coordinate_system=NAME"
+        )
+    m = np.asarray(
+        systems[system].inverse().to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    )
+    xy = np.asarray(table.obsm[key], float)[:, :2]
+    return (np.c_[xy, np.ones(len(xy))] @ m.T)[:, :2], float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+
+
 def _positions(sdata, table, image: str, coordinate_system: str, store):
     """(centroids (n, 2) in image level-0 px, image px per unit of the cells' coordinates) of the
     table's rows, through the elements the table annotates."""
@@ -189,6 +211,7 @@ def read_spatialdata(
     image: str = "",
     table: str = "",
     coordinate_system: str = "",
+    centroids: str = "",
     um_per_unit: float = 1.0,
     pixel_size_um: float = 0.0,
     spot_diameter_um: float = 0.0,
@@ -196,8 +219,9 @@ def read_spatialdata(
     name: str | None = None,
 ) -> readers.Slide:
     """One slide from a SpatialData store (module docstring): its H&E `image`, the cells or spots
-    of `table` at the centroids of the shapes or labels it annotates. `spot_diameter_um` > 0 reads
-    Visium spots (rows with in_tissue == 0 dropped)."""
+    of `table` at the centroids of the shapes or labels it annotates, or at the positions of its
+    obsm[`centroids`] in `coordinate_system`. `spot_diameter_um` > 0 reads Visium spots (rows with
+    in_tissue == 0 dropped)."""
     sdata = open_store(store)
     where = pathlib.Path(sdata.path)
     image = pick(sdata.images, image, "image", where, "--config.data.spatialdata.image")
@@ -211,7 +235,10 @@ def read_spatialdata(
             raise InputError(f"{source}: no spot has {TISSUE_COLUMN} == 1")
         report.update(spots_in_tissue=int(keep.sum()), spots_not_in_tissue=int((~keep).sum()))
         cells = cells[keep]
-    xy, px_per_unit = _positions(sdata, cells, image, coordinate_system, where)
+    if centroids:
+        xy, px_per_unit = _obsm_positions(sdata, cells, centroids, image, coordinate_system, where)
+    else:
+        xy, px_per_unit = _positions(sdata, cells, image, coordinate_system, where)
     wsi_path = where / "images" / image
     with readers.WSI(wsi_path) as wsi:
         shape = wsi.shape
@@ -251,3 +278,59 @@ def read_obs(store, table: str = ""):
     sdata = open_store(store)
     name = pick(sdata.tables, table, "table", sdata.path, "--config.data.spatialdata.table")
     return sdata.tables[name].obs.copy()
+
+
+def image_element(wsi_path, transformations: dict):
+    """An H&E (TIFF or OME-Zarr) as a multiscale RGB image element with `transformations`, its
+    pixels read lazily in 1024 px blocks through `readers.WSI` (8-bit, as the tiles see them)."""
+    import dask.array as da
+    from spatialdata.models import Image2DModel
+
+    wsi = readers.WSI(wsi_path)
+    h, w = wsi.shape
+    step = 1024
+
+    def block(y: int, x: int):  # (3, h, w): da.block joins the last two axes, y then x
+        y1, x1 = min(y + step, h), min(x + step, w)
+        part = da.from_delayed(_delayed_read(wsi, y, y1, x, x1), (y1 - y, x1 - x, 3), np.uint8)
+        return part.transpose(2, 0, 1)
+
+    image = da.block([[block(y, x) for x in range(0, w, step)] for y in range(0, h, step)])
+    factors = []
+    side = max(h, w)
+    while side > 2048:
+        factors.append(2)
+        side //= 2
+    return Image2DModel.parse(
+        image,
+        dims=("c", "y", "x"),
+        c_coords=["r", "g", "b"],
+        scale_factors=factors or None,
+        transformations=transformations,
+    )
+
+
+def _delayed_read(wsi, y0, y1, x0, x1):
+    import dask
+
+    return dask.delayed(wsi.read)(y0, y1, x0, x1)
+
+
+def add_image(sdata, image_path, matrix_csv=None, system: str = "global", name: str = "he"):
+    """`sdata` with the H&E `image_path` added as image `name`, placed in coordinate system
+    `system` by the 3x3 affine of `matrix_csv` (H&E level-0 px -> the system's units, (x, y);
+    e.g. a landmark registration's), Identity without one; returns `sdata`. For stores whose
+    reader adds no H&E (CosMx, MERSCOPE): README, "A SpatialData store"."""
+    from spatialdata.transformations import Affine, Identity
+
+    if matrix_csv:
+        m = np.loadtxt(matrix_csv, delimiter=",", ndmin=2)
+        if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m[:2, :2])) < 1e-12:
+            raise InputError(
+                f"{matrix_csv}: expected an invertible 3x3 affine (H&E px -> {system})"
+            )
+        t = Affine(m, input_axes=("x", "y"), output_axes=("x", "y"))
+    else:
+        t = Identity()
+    sdata[name] = image_element(image_path, {system: t})
+    return sdata

@@ -225,6 +225,12 @@ def test_cosmx_labels_land_where_the_fov_offsets_put_them(tmp_path):
     at = [order[i] for i in ids]
     np.testing.assert_allclose(s.xy[at], true_he, atol=0.5 / scale + 1e-6)
     np.testing.assert_array_equal(s.counts.toarray()[at], counts)
+    # ... or at the table's own global centroids (obsm['global']), through the image's transform
+    g = spatialdata_source.read_spatialdata(store, centroids="global", um_per_unit=0.12028)
+    np.testing.assert_allclose(g.xy[at], true_he, atol=1e-9)
+    assert g.pixel_size_um == pytest.approx(0.5, rel=1e-9)
+    with pytest.raises(readers.InputError, match=r"no obsm\['centre'\]"):
+        spatialdata_source.read_spatialdata(store, centroids="centre")
 
 
 def test_merscope_polygons_land_through_micron_to_mosaic(tmp_path):
@@ -245,6 +251,21 @@ def test_merscope_polygons_land_through_micron_to_mosaic(tmp_path):
     s = spatialdata_source.read_spatialdata(store)  # polygons in µm: um_per_unit 1
     np.testing.assert_allclose(s.xy, true_he, atol=1e-6)
     assert s.pixel_size_um == pytest.approx(4.6295 / 9.259, rel=1e-4)
+    # The H&E added to a reader's store by `add_image` from a TIFF and the registration's CSV
+    import spatialdata as sd
+
+    bare = sd.read_zarr(store)
+    del bare["he"]
+    tif = write_tiff(tmp_path / "he.tif", _he(), None)
+    np.savetxt(tmp_path / "he_to_mosaic.csv", he_to_mosaic, delimiter=",")
+    spatialdata_source.add_image(bare, tif, tmp_path / "he_to_mosaic.csv").write(
+        tmp_path / "m2.zarr"
+    )
+    a = spatialdata_source.read_spatialdata(tmp_path / "m2.zarr")
+    np.testing.assert_allclose(a.xy, true_he, atol=1e-6)
+    np.savetxt(tmp_path / "bad.csv", np.eye(2), delimiter=",")
+    with pytest.raises(readers.InputError, match="invertible 3x3"):
+        spatialdata_source.add_image(bare, tif, tmp_path / "bad.csv")
 
 
 # ----------------------------------------------------------------------------- bad stores

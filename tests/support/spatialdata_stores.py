@@ -109,7 +109,7 @@ def cosmx_store(path, he_hwc, he_to_global, fovs, counts, genes, px_um=0.12028):
     from spatialdata.models import Labels2DModel
     from spatialdata.transformations import Affine
 
-    labels, obs, true_he = {}, [], []
+    labels, obs, true_he, true_global = {}, [], [], []
     to_he = np.linalg.inv(he_to_global)
     for f, (offset, centres) in enumerate(fovs, start=1):
         lab, true = _square_labels(centres, 12, (256, 256))
@@ -120,6 +120,7 @@ def cosmx_store(path, he_hwc, he_to_global, fovs, counts, genes, px_um=0.12028):
             transformations={"global": Affine(fov_to_global, ("x", "y"), ("x", "y"))},
         )
         g = np.c_[true, np.ones(len(true))] @ fov_to_global.T
+        true_global.append(g[:, :2])
         true_he.append((g @ to_he.T)[:, :2])
         for i in range(len(centres)):
             obs.append({"fov": str(f), "fov_labels": f"{f}_labels", "cell_ID": i + 1})
@@ -128,6 +129,9 @@ def cosmx_store(path, he_hwc, he_to_global, fovs, counts, genes, px_um=0.12028):
     table = _table(
         counts, genes, obs, sorted(labels), region_key="fov_labels", instance_key="cell_ID"
     )
+    table.obsm["global"] = np.concatenate(
+        true_global
+    )  # CenterX/Y_global_px, as spatialdata-io keeps them
     he = _image(he_hwc, {"global": Affine(he_to_global, ("x", "y"), ("x", "y"))})
     sd.SpatialData(images={"he": he}, labels=labels, tables={"table": table}).write(path)
     return pathlib.Path(path), np.concatenate(true_he), np.asarray(obs.index, str)
