@@ -34,10 +34,6 @@ CLUSTER_KEYS = ("leiden_micro", "domain")  # what the figure colours by, the fir
 TABLES = {"tiles": f"{PREFIX}tile_table", "cells": f"{PREFIX}cell_table"}
 
 
-def _sd():
-    return spatialdata_source._spatialdata()
-
-
 def _slides(out: pathlib.Path, config: ml_collections.ConfigDict, tiles) -> list[readers.Slide]:
     from sigmma_jax.analysis import embed
 
@@ -113,10 +109,10 @@ def results(out: pathlib.Path, config: ml_collections.ConfigDict) -> tuple[dict,
     add, copy, draw = {}, {}, {}
     tables = {"tiles": [], "cells": []}
     from_store = config.data.source == "spatialdata"
+    sdata = spatialdata_source.open_store(config.data.spatialdata.store) if from_store else None
+    one = len(slides) == 1
     for slide in slides:
-        one = len(slides) == 1
         if from_store:
-            sdata = spatialdata_source.open_store(config.data.spatialdata.store)
             image = slide.wsi_path.name
             transformations = get_transformation(sdata[image], get_all=True)
             copy[image] = sdata[image]
@@ -147,8 +143,7 @@ def results(out: pathlib.Path, config: ml_collections.ConfigDict) -> tuple[dict,
             else:
                 cell_el = f"{PREFIX}{'spots' if slide.spot_diameter_um else 'cells'}{suffix}"
                 radius_um = slide.spot_diameter_um / 2 if slide.spot_diameter_um else CELL_RADIUS_UM
-                at = pd.Index(slide.cell_ids).get_indexer(ids)
-                xy = np.asarray(c.obsm["spatial"]) if (at < 0).any() else slide.xy[at]
+                xy = np.asarray(c.obsm["spatial"])  # level-0 px of the slide's H&E
                 add[cell_el] = _circles(xy, radius_um / slide.pixel_size_um, ids, transformations)
                 c.obs["region"], c.obs["instance_id"] = cell_el, ids
                 tables["cells"].append((c, cell_el, "instance_id"))
@@ -197,7 +192,7 @@ def write_store(
 ) -> dict:
     """Writes OUT's results to the SpatialData store `path` (module docstring) and draws the
     figure; returns {"store": path, "elements": [...], "figures": [...]}."""
-    sd = _sd()
+    sd = spatialdata_source.import_spatialdata()
     out, path = pathlib.Path(out), pathlib.Path(path)
     add, copy, draw = results(out, config)
     into_input = (

@@ -34,7 +34,8 @@ TISSUE_COLUMN = (
 )
 
 
-def _spatialdata():
+def import_spatialdata():
+    """spatialdata, or the one line that says how to install it."""
     try:
         import spatialdata
     except ImportError as e:
@@ -45,7 +46,7 @@ def _spatialdata():
 def open_store(store):
     """A SpatialData object read from a zarr store path (lazily), or `store` itself when it is one
     already (written to disk: its image is read from there)."""
-    sd = _spatialdata()
+    sd = import_spatialdata()
     if isinstance(store, sd.SpatialData):
         if store.path is None:
             raise InputError(
@@ -144,7 +145,7 @@ def _obsm_positions(sdata, table, key: str, image: str, coordinate_system: str, 
 def _positions(sdata, table, image: str, coordinate_system: str, store):
     """(centroids (n, 2) in image level-0 px, image px per unit of the cells' coordinates) of the
     table's rows, through the elements the table annotates."""
-    sd = _spatialdata()
+    sd = import_spatialdata()
     from spatialdata.models import get_table_keys
 
     try:
