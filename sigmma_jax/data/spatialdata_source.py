@@ -120,6 +120,16 @@ def _transform(sdata, element: str, image: str, coordinate_system: str, store) -
     return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), float)
 
 
+def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(x, y) points through the 3x3 affine `m`."""
+    return (np.c_[xy, np.ones(len(xy))] @ m.T)[:, :2]
+
+
+def _scale(m: np.ndarray) -> float:
+    """Target units per source unit of the affine `m` (the root of its linear part's |det|)."""
+    return float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+
+
 def _obsm_positions(sdata, table, key: str, image: str, coordinate_system: str, store):
     """(centroids, image px per unit) from the table's obsm[key], positions in `coordinate_system`
     ("" -> "global"), e.g. CosMx's CenterX/Y_global_px in obsm['global']."""
@@ -138,8 +148,7 @@ def _obsm_positions(sdata, table, key: str, image: str, coordinate_system: str, 
     m = np.asarray(
         systems[system].inverse().to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
     )
-    xy = np.asarray(table.obsm[key], float)[:, :2]
-    return (np.c_[xy, np.ones(len(xy))] @ m.T)[:, :2], float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
+    return _apply(m, np.asarray(table.obsm[key], float)[:, :2]), _scale(m)
 
 
 def _positions(sdata, table, image: str, coordinate_system: str, store):
@@ -172,8 +181,8 @@ def _positions(sdata, table, image: str, coordinate_system: str, store):
             f"cells of the table have no shape in {region!r}",
         )
         local = np.c_[circles.geometry.x.to_numpy()[at], circles.geometry.y.to_numpy()[at]]
-        xy[rows] = (np.c_[local, np.ones(len(rows))] @ m.T)[:, :2]
-        scales.append(float(np.sqrt(abs(np.linalg.det(m[:2, :2])))))
+        xy[rows] = _apply(m, local)
+        scales.append(_scale(m))
     return xy, float(np.median(scales))
 
 
