@@ -68,20 +68,6 @@ def _circles(xy: np.ndarray, radius: float, index, transformations):
     )
 
 
-def _table(adata, region, region_key: str, instance_key: str):
-    """`adata` as a SpatialData table annotating `region` (one name, or a column of names)."""
-    from spatialdata.models import TableModel
-
-    adata = adata.copy()
-    names = region if isinstance(region, (list, tuple)) else [region]
-    if region_key not in adata.obs:
-        adata.obs[region_key] = names[0]
-    adata.obs[region_key] = pd.Categorical(adata.obs[region_key].astype(str))
-    return TableModel.parse(
-        adata, region=list(names), region_key=region_key, instance_key=instance_key
-    )
-
-
 def _per_slide(adata, slide: str):
     return adata[(adata.obs["slide"].astype(str) == slide).to_numpy()]
 
@@ -157,16 +143,19 @@ def results(out: pathlib.Path, config: ml_collections.ConfigDict) -> tuple[dict,
 
 
 def _concat_table(parts):
+    """(AnnData, region or regions, instance key) per slide as one table annotating them all; each
+    part's obs["region"] names its element."""
     import anndata
+    from spatialdata.models import TableModel
 
     regions = []
     for _, region, _ in parts:
         regions += region if isinstance(region, list) else [region]
-    instance_key = parts[0][2]
     adatas = [a for a, _, _ in parts]
-    joined = adatas[0] if len(adatas) == 1 else anndata.concat(adatas, merge="same")
+    joined = adatas[0].copy() if len(adatas) == 1 else anndata.concat(adatas, merge="same")
     joined.uns = dict(adatas[0].uns)
-    return _table(joined, regions, "region", instance_key)
+    joined.obs["region"] = pd.Categorical(joined.obs["region"].astype(str))
+    return TableModel.parse(joined, region=regions, region_key="region", instance_key=parts[0][2])
 
 
 def _annotated(sdata, config, ids: np.ndarray, cells) -> tuple[list[str], str]:

@@ -133,9 +133,8 @@ class _ChannelsLast:
         ys, xs = key
         index = [slice(None)] * 3
         index[self._order[0]], index[self._order[1]] = ys, xs
-        return np.transpose(
-            np.asarray(self._array[tuple(index)]), np.argsort(np.argsort(self._order))
-        )
+        # the stored axes taken in (y, x, c) order
+        return np.transpose(np.asarray(self._array[tuple(index)]), self._order)
 
 
 def ome_zarr_levels(path: pathlib.Path) -> list:
