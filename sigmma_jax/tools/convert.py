@@ -18,12 +18,13 @@ import hashlib
 import pathlib
 import pickle
 import re
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from sigmma_jax import atomic
 from sigmma_jax.models import backbones
+from sigmma_jax.tools import keymaps
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 # Buffers with no meaning for a model in inference form; skipped without complaint.
@@ -87,73 +88,12 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     return {k: _to_numpy(v) for k, v in sd.items()}
 
 
-# ---------------------------------------------------------------------------------------------------
-# Key maps: torch name -> (Flax path, transform). Transforms take the torch array.
-
-Transform = Callable[[np.ndarray], np.ndarray]
-IDENTITY: Transform = lambda a: a
-LINEAR: Transform = lambda a: a.T  # (out, in) -> (in, out)
-CONV: Transform = lambda a: a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-
-
-def vit_key_map(cfg: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], Transform]]:
-    m = {
-        "patch_embed.proj.weight": (("patch_embed", "kernel"), CONV),
-        "patch_embed.proj.bias": (("patch_embed", "bias"), IDENTITY),
-        "cls_token": (("cls_token",), IDENTITY),
-        "pos_embed": (("pos_embed",), IDENTITY),
-        "norm.weight": (("norm", "scale"), IDENTITY),
-        "norm.bias": (("norm", "bias"), IDENTITY),
-    }
-    if cfg.get("reg_tokens", 0):
-        m["reg_token"] = (("reg_token",), IDENTITY)
-    for i in range(cfg["depth"]):
-        t, f = f"blocks.{i}.", f"blocks_{i}"
-        for n in ("norm1", "norm2"):
-            m[t + n + ".weight"] = ((f, n, "scale"), IDENTITY)
-            m[t + n + ".bias"] = ((f, n, "bias"), IDENTITY)
-        for tn, fn in (
-            ("attn.qkv", ("attn", "qkv")),
-            ("attn.proj", ("attn", "proj")),
-            ("mlp.fc1", ("fc1",)),
-            ("mlp.fc2", ("fc2",)),
-        ):
-            m[t + tn + ".weight"] = ((f, *fn, "kernel"), LINEAR)
-            m[t + tn + ".bias"] = ((f, *fn, "bias"), IDENTITY)
-        if cfg.get("init_values"):
-            m[t + "ls1.gamma"] = ((f, "ls1", "gamma"), IDENTITY)
-            m[t + "ls2.gamma"] = ((f, "ls2", "gamma"), IDENTITY)
-    return m
-
-
-def resnet_key_map(cfg: dict[str, Any]) -> dict[str, tuple[tuple[str, ...], Transform]]:
-    m = {}
-
-    def bn(t, f):
-        for tn, fn in (
-            ("weight", "scale"),
-            ("bias", "bias"),
-            ("running_mean", "mean"),
-            ("running_var", "var"),
-        ):
-            m[f"{t}.{tn}"] = ((*f, fn), IDENTITY)
-
-    m["conv1.weight"] = (("conv1", "kernel"), CONV)
-    bn("bn1", ("bn1",))
-    for s, n in enumerate(cfg["layers"]):
-        for j in range(n):
-            t, f = f"layer{s + 1}.{j}", f"layer{s + 1}_{j}"
-            for k in (1, 2, 3):
-                m[f"{t}.conv{k}.weight"] = ((f, f"conv{k}", "kernel"), CONV)
-                bn(f"{t}.bn{k}", (f, f"bn{k}"))
-            if j == 0:
-                m[f"{t}.downsample.0.weight"] = ((f, "downsample_0", "kernel"), CONV)
-                bn(f"{t}.downsample.1", (f, "downsample_1"))
-    return m
-
-
-def key_map(cfg: dict[str, Any]):
-    return {"vit": vit_key_map, "resnet": resnet_key_map}[cfg["kind"]](cfg)
+# The torch shape a Flax shape comes from, for the error message.
+_TORCH_SHAPE = {
+    keymaps.IDENTITY: tuple,
+    keymaps.LINEAR: lambda s: tuple(s[::-1]),
+    keymaps.CONV: lambda s: (s[3], s[2], s[0], s[1]),
+}
 
 
 def _pos_grid(n_tokens: int, prefix: int, what: str) -> int:
@@ -179,7 +119,8 @@ def convert_state_dict(
         k: tuple(v.shape)
         for k, v in traverse_util.flatten_dict(backbones.abstract_params(model)).items()
     }
-    kmap = key_map(cfg)
+    sd = keymaps.adapt(sd, cfg)
+    kmap = keymaps.key_map(cfg)
     mapped = {path for path, _ in kmap.values()}
     if mapped != set(expected):  # the key map and the Flax module must describe the same tree
         raise AssertionError(f"key map out of date: {sorted(mapped ^ set(expected))}")
@@ -197,11 +138,7 @@ def convert_state_dict(
             continue
         a = np.asarray(sd[tk])
         want = expected[path]
-        torch_shape = {
-            IDENTITY: lambda s: s,
-            LINEAR: lambda s: s[::-1],
-            CONV: lambda s: (s[3], s[2], s[0], s[1]),
-        }[fn](want)
+        torch_shape = _TORCH_SHAPE.get(fn, lambda s: f"{s} after transposing")(want)
         if tk == "pos_embed" and a.ndim == 3 and a.shape[-1] == want[-1] and a.shape != want:
             try:
                 a = _resample_pos_embed(a, cfg, want)
@@ -210,7 +147,7 @@ def convert_state_dict(
                 continue
             notes["pos_embed_resampled"] = [list(sd[tk].shape), list(a.shape)]
         if a.ndim != len(want) or fn(a).shape != want:
-            wrong.append(f"{tk}: expected shape {tuple(torch_shape)}, found {tuple(sd[tk].shape)}")
+            wrong.append(f"{tk}: expected shape {torch_shape}, found {tuple(sd[tk].shape)}")
             continue
         a = fn(a)
         flat[path] = np.ascontiguousarray(a, dtype=np.float32)

@@ -31,15 +31,8 @@ import numpy as np
 from sigmma_jax.data import scgpt_tokens
 from sigmma_jax.errors import InputError
 from sigmma_jax.models import scgpt
-from sigmma_jax.tools.convert import (
-    IDENTITY,
-    IGNORED_BUFFERS,
-    LINEAR,
-    ConversionError,
-    Transform,
-    read_state_dict,
-    sha256,
-)
+from sigmma_jax.tools.convert import IGNORED_BUFFERS, ConversionError, read_state_dict, sha256
+from sigmma_jax.tools.keymaps import IDENTITY, LINEAR, Transform
 
 ARGS, VOCAB, WEIGHTS = "args.json", "vocab.json", "best_model.pt"
 # Heads of TransformerModel outside the embedding path (model.py: ExprDecoder, ClsDecoder,
