@@ -75,6 +75,62 @@ ARCHS: dict[str, dict[str, Any]] = {
 ARCHS["h-optimus-0"] = dict(
     ARCHS["uni2-h"], depth=40, reg_tokens=4, mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD
 )
+# Prov-GigaPath's tile encoder: timm's DINOv2 ViT-g (SwiGLU-packed) at 16-px patches, class token.
+ARCHS["prov-gigapath"] = dict(
+    kind="vit",
+    img_size=224,
+    patch_size=16,
+    width=1536,
+    depth=40,
+    num_heads=24,
+    mlp_ratio=5.33334,
+    init_values=1e-5,
+    mlp="swiglu_packed",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
+# Virchow2: ViT-H/14, 4 registers, SwiGLU-packed; the class token beside the patch tokens' mean.
+ARCHS["virchow2"] = dict(
+    kind="vit",
+    img_size=224,
+    patch_size=14,
+    width=1280,
+    depth=32,
+    num_heads=16,
+    mlp_ratio=5.3375,
+    init_values=1e-5,
+    reg_tokens=4,
+    mlp="swiglu_packed",
+    pool="token_mean",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
+# Hibou: DINOv2 with 4 registers and DINOv2's fused SwiGLU, whose hidden width is
+# (int(4 d * 2 / 3) + 7) // 8 * 8 per half; published as a Hugging Face Dinov2 (class token pooled).
+HIBOU_MEAN = (0.7068, 0.5755, 0.722)
+HIBOU_STD = (0.195, 0.2316, 0.1816)
+
+
+def _dinov2_swiglu_hidden(width: int) -> int:
+    return 2 * ((int(4 * width * 2 / 3) + 7) // 8 * 8)
+
+
+for _name, _width, _depth, _heads in (("hibou-b", 768, 12, 12), ("hibou-l", 1024, 24, 16)):
+    ARCHS[_name] = dict(
+        kind="vit",
+        img_size=224,
+        patch_size=14,
+        width=_width,
+        depth=_depth,
+        num_heads=_heads,
+        mlp_hidden=_dinov2_swiglu_hidden(_width),
+        init_values=1e-5,
+        reg_tokens=4,
+        no_embed_class=True,
+        mlp="swiglu_packed",
+        mean=HIBOU_MEAN,
+        std=HIBOU_STD,
+    )
 
 # How each model is made in timm (the models' cards), for parity tests and the benchmark.
 # `uni2-h`: MahmoodLab's card creates "vit_giant_patch14_224" with these kwargs; every structural
@@ -113,6 +169,36 @@ TIMM: dict[str, tuple[str, dict[str, Any]]] = {
         ),
     ),
     "resnet50": ("resnet50", dict(num_classes=0)),
+    # hf_hub:prov-gigapath/prov-gigapath's config; SwiGLUPacked and SiLU are the model's defaults.
+    "prov-gigapath": (
+        "vit_giant_patch14_dinov2",
+        dict(
+            img_size=224,
+            patch_size=16,
+            embed_dim=1536,
+            depth=40,
+            num_heads=24,
+            init_values=1e-5,
+            mlp_ratio=5.33334,
+            num_classes=0,
+            dynamic_img_size=True,
+        ),
+    ),
+    # hf-hub:paige-ai/Virchow2's config, with the card's mlp_layer and act_layer.
+    "virchow2": (
+        "vit_huge_patch14_224",
+        dict(
+            img_size=224,
+            init_values=1e-5,
+            num_classes=0,
+            reg_tokens=4,
+            mlp_ratio=5.3375,
+            global_pool="",
+            dynamic_img_size=True,
+            mlp_layer="SwiGLUPacked",
+            act_layer="silu",
+        ),
+    ),
 }
 
 META = "backbone.json"  # written by sigmma_jax.convert beside the Orbax parameters

@@ -26,8 +26,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
-MLPS = ("gelu", "swiglu_packed")
+LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon (CLIP's is 1e-5: `ln_eps`)
+MLPS = ("gelu", "quick_gelu", "swiglu_packed")
+POOLS = ("token", "token_mean", "tokens")
+
+
+def quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)  # OpenAI CLIP's activation
 
 
 def gelu(x):
@@ -43,27 +48,31 @@ class PatchEmbed(nn.Module):
     width: int
     patch_size: int
     dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True  # CLIP's patch conv has none
 
     @nn.compact
     def __call__(self, x):
         p = self.patch_size
         c = x.shape[-1]
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, self.width))
-        bias = self.param("bias", nn.initializers.zeros, (self.width,))
         b, h, w = x.shape[:3]
         if h % p or w % p:  # timm asserts this too (dynamic_img_pad=False)
             raise ValueError(f"input size {h}x{w} is not a multiple of the patch size {p}")
         gh, gw = h // p, w // p
         x = x.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh, gw, p * p * c)
         y = jnp.dot(x.astype(self.dtype), kernel.reshape(p * p * c, self.width).astype(self.dtype))
-        return y + bias.astype(self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.width,)).astype(self.dtype)
+        return y
 
 
 CUDNN_SEQ_MULTIPLE = 64  # cuDNN's flash attention backward wants the sequence in multiples of 64
 
 
-def attention(q, k, v, implementation: str | None = None, pad_multiple: int = 0):
-    """Softmax attention of (B, N, heads, head_dim) q, k, v.
+def attention(
+    q, k, v, implementation: str | None = None, pad_multiple: int = 0, causal: bool = False
+):
+    """Softmax attention of (B, N, heads, head_dim) q, k, v (`causal`: token i sees tokens <= i).
 
     With `pad_multiple`, the sequence is zero-padded to a multiple of it and the padded keys are
     masked out through `key_value_seq_lengths` (the padded queries are dropped): cuDNN's fused
@@ -72,7 +81,9 @@ def attention(q, k, v, implementation: str | None = None, pad_multiple: int = 0)
     """
     b, n = q.shape[:2]
     if not pad_multiple or n % pad_multiple == 0:
-        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation=implementation
+        )
     m = -(-n // pad_multiple) * pad_multiple
     padding = ((0, 0), (0, m - n), (0, 0), (0, 0))
     q, k, v = (jnp.pad(t, padding) for t in (q, k, v))
@@ -83,6 +94,7 @@ def attention(q, k, v, implementation: str | None = None, pad_multiple: int = 0)
         v,
         query_seq_lengths=lengths,
         key_value_seq_lengths=lengths,
+        is_causal=causal,
         implementation=implementation,
     )
     return out[:, :n]
@@ -93,6 +105,7 @@ class Attention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     keep_attention: bool = False  # also return the (B, heads, N, N) attention probabilities
     implementation: str | None = None  # jax.nn.dot_product_attention's ("cudnn" on NVIDIA GPUs)
+    causal: bool = False  # a text tower's mask: token i attends to tokens <= i
 
     @nn.compact
     def __call__(self, x):
@@ -104,11 +117,14 @@ class Attention(nn.Module):
         probs = None
         if self.keep_attention:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-            probs = jax.nn.softmax(logits * (d // h) ** -0.5, axis=-1)
+            logits = logits * (d // h) ** -0.5
+            if self.causal:
+                logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, -jnp.inf)
+            probs = jax.nn.softmax(logits, axis=-1)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
         else:
             pad = CUDNN_SEQ_MULTIPLE if self.implementation == "cudnn" else 0
-            out = attention(q, k, v, self.implementation, pad)
+            out = attention(q, k, v, self.implementation, pad, self.causal)
         out = nn.Dense(d, dtype=self.dtype, name="proj")(out.reshape(b, n, d))
         return out, probs
 
@@ -130,6 +146,9 @@ class Block(nn.Module):
     mlp: str = "gelu"
     keep_attention: bool = False
     attn_impl: str | None = None
+    ln_eps: float = LN_EPS
+    causal: bool = False
+    mlp_hidden: int = 0  # fc1's width when given (DINOv2's SwiGLU rounds it to a multiple of 8)
 
     @nn.compact
     def __call__(self, x):
@@ -139,18 +158,25 @@ class Block(nn.Module):
             if self.init_values
             else (lambda name: lambda y: y)
         )
-        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
+        y = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm1")(x)
         y, probs = Attention(
-            self.num_heads, self.dtype, self.keep_attention, self.attn_impl, name="attn"
+            self.num_heads,
+            self.dtype,
+            self.keep_attention,
+            self.attn_impl,
+            self.causal,
+            name="attn",
         )(y)
         x = x + ls("ls1")(y)
-        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
-        hidden = int(d * self.mlp_ratio)  # timm: int(dim * mlp_ratio)
+        y = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm2")(x)
+        hidden = self.mlp_hidden or int(d * self.mlp_ratio)  # timm: int(dim * mlp_ratio)
         if self.mlp == "swiglu_packed" and hidden % 2:
             raise ValueError(f"swiglu_packed needs an even hidden width, got {hidden}")
         y = nn.Dense(hidden, dtype=self.dtype, name="fc1")(y)
         if self.mlp == "gelu":
             y = gelu(y)
+        elif self.mlp == "quick_gelu":
+            y = quick_gelu(y)
         elif self.mlp == "swiglu_packed":
             # timm SwiGLUPacked = GluMlp(act=SiLU, gate_last=False): silu(first half) * second half.
             a, g = jnp.split(y, 2, axis=-1)
@@ -206,10 +232,23 @@ class VisionTransformer(nn.Module):
     mlp: str = "gelu"  # "gelu" (fc1-GELU-fc2) | "swiglu_packed" (timm SwiGLUPacked)
     trainable_blocks: int = -1  # -1: all; k >= 0: gradients stop below the last k blocks
     attn_impl: str | None = None  # jax.nn.dot_product_attention implementation (None: XLA picks)
+    # CLIP's image tower (timm's `pre_norm=True`): a LayerNorm before the blocks, no patch bias,
+    # LayerNorm epsilon 1e-5, QuickGELU (`mlp`), and a projection without bias to `proj_dim`.
+    pre_norm: bool = False
+    patch_bias: bool = True
+    ln_eps: float = LN_EPS
+    proj_dim: int = 0
+    mlp_hidden: int = 0  # fc1's width, when `mlp_ratio` cannot say it exactly (Hibou's SwiGLU)
+    # What the model returns: "token" the class token; "token_mean" the class token beside the mean
+    # of the patch tokens (Virchow2's 2 x width embedding); "tokens" every token (B, N, width), for a
+    # pooler on top (CONCH's attentional pooling).
+    pool: str = "token"
 
     @property
     def embed_dim(self) -> int:
-        return self.width
+        if self.proj_dim:
+            return self.proj_dim
+        return 2 * self.width if self.pool == "token_mean" else self.width
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -217,14 +256,18 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, return_attention: bool = False):
-        """(B, H, W, 3) float RGB in [0, 1] -> (B, width) class-token embedding.
+        """(B, H, W, 3) float RGB in [0, 1] -> (B, embed_dim) embedding (see `pool`).
 
         Any H, W (multiples of the patch size) work: the position embedding is resampled as timm's
         `dynamic_img_size=True` does. With `return_attention`, also returns the last block's attention
         probabilities, (B, heads, N, N) in float32 with tokens ordered [class, registers, patches].
         """
         x = (images.astype(jnp.float32) - jnp.asarray(self.mean)) / jnp.asarray(self.std)
-        x = PatchEmbed(self.width, self.patch_size, self.dtype, name="patch_embed")(x)
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        x = PatchEmbed(
+            self.width, self.patch_size, self.dtype, self.patch_bias, name="patch_embed"
+        )(x)
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         base = self.img_size // self.patch_size
@@ -243,6 +286,8 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate([*prefix, x + pos], 1)
         else:
             x = jnp.concatenate([*prefix, x], 1) + pos
+        if self.pre_norm:
+            x = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm_pre")(x)
         block = Block
         if self.remat:
             block = nn.remat(Block, policy=jax.checkpoint_policies.nothing_saveable)
@@ -260,12 +305,22 @@ class VisionTransformer(nn.Module):
                 self.mlp,
                 keep,
                 self.attn_impl,
+                self.ln_eps,
+                mlp_hidden=self.mlp_hidden,
                 name=f"blocks_{i}",
             )(x)
             if keep:
                 probs = p
-        x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
-        emb = x[:, 0].astype(jnp.float32)
+        x = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm")(x)
+        if self.pool == "tokens":
+            emb = x
+        elif self.pool == "token_mean":
+            emb = jnp.concatenate([x[:, 0], x[:, self.num_prefix_tokens :].mean(1)], -1)
+        else:
+            emb = x[:, 0]
+        if self.proj_dim:
+            emb = nn.Dense(self.proj_dim, use_bias=False, dtype=self.dtype, name="proj")(emb)
+        emb = emb.astype(jnp.float32)
         if self.trainable_blocks == 0:
             emb = jax.lax.stop_gradient(emb)
         return (emb, probs) if return_attention else emb

@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from sigmma_jax import atomic
 from sigmma_jax.models import backbones
-from sigmma_jax.tools import keymaps
+from sigmma_jax.tools import keymaps, references
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 # Buffers with no meaning for a model in inference form; skipped without complaint.
@@ -200,7 +199,7 @@ def convert(
     meta = dict(
         source=dict(file=src.name, sha256=sha256(src), bytes=src.stat().st_size, tensors=len(sd)),
         converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        timm=dict(zip(("model", "kwargs"), atomic.jsonable(backbones.TIMM[arch]))),
+        reference=references.describe(arch),
         ignored=ignore or "",
         **notes,
     )

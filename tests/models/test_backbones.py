@@ -1,4 +1,5 @@
-"""Backbones against timm: random timm models (shallow variants) converted and compared.
+"""Backbones against their PyTorch references (timm; transformers for Hibou): random reference
+models (shallow variants) saved in the published layout, converted and compared.
 
 The real depths run in scripts/check_uni_parity.py and the benchmark (docs/benchmarks.md).
 """
@@ -21,18 +22,58 @@ SHALLOW = {
     "uni2-h": dict(depth=2),
     "h-optimus-0": dict(depth=2),
     "resnet50": dict(layers=(1, 1, 1, 1)),
+    "prov-gigapath": dict(depth=2),
+    "virchow2": dict(depth=2),
+    "hibou-b": dict(depth=2),
+    "hibou-l": dict(depth=2),
 }
-OTHER_SIZE = {"uni": 288, "uni2-h": 168, "h-optimus-0": 280, "resnet50": 160}
+OTHER_SIZE = {
+    "uni": 288,
+    "uni2-h": 168,
+    "h-optimus-0": 280,
+    "resnet50": 160,
+    "prov-gigapath": 160,
+    "virchow2": 168,
+    "hibou-b": 182,
+    "hibou-l": 280,
+}
 SUFFIX = {
     "uni": ".bin",
     "uni2-h": ".safetensors",
     "h-optimus-0": ".bin",
     "resnet50": ".safetensors",
+    "prov-gigapath": ".bin",
+    "virchow2": ".safetensors",
+    "hibou-b": ".safetensors",  # transformers 5's naming
+    "hibou-l": ".bin",  # the published (transformers 4 remote code) naming
 }
+
+
+def published_dinov2_names(sd: dict) -> dict:
+    """transformers 5's Dinov2 names -> those of Hibou's published checkpoint (attention.attention.*,
+    attention.output.dense, the packed SwiGLU mlp.weights_in / weights_out)."""
+    _, torch = th.import_timm()
+    out = {}
+    for k, v in sd.items():
+        for new, old in (
+            ("attention.q_proj", "attention.attention.query"),
+            ("attention.k_proj", "attention.attention.key"),
+            ("attention.v_proj", "attention.attention.value"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("mlp.down_proj", "mlp.weights_out"),
+        ):
+            k = k.replace(new, old)
+        out[k] = v
+    for k in [k for k in out if ".mlp.gate_proj." in k]:
+        up = k.replace("gate_proj", "up_proj")
+        out[k.replace("gate_proj", "weights_in")] = torch.cat([out.pop(k), out.pop(up)], 0)
+    return out
 
 
 def save_state_dict(model, path):
     sd = th.state_dict(model)
+    if "hibou-l" in str(path):
+        sd = published_dinov2_names(sd)
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save_file
 
@@ -45,9 +86,9 @@ def save_state_dict(model, path):
 
 @pytest.fixture(scope="module", params=sorted(SHALLOW))
 def converted(request, tmp_path_factory):
-    """(arch, timm model, Flax model, params) through file -> convert -> backbones.load."""
+    """(arch, reference model, Flax model, params) through file -> convert -> backbones.load."""
     arch = request.param
-    tm = th.timm_model(arch, seed=len(arch), **SHALLOW[arch])
+    tm = th.reference_model(arch, seed=len(arch), **SHALLOW[arch])
     root = tmp_path_factory.mktemp(arch)
     src = save_state_dict(tm, root / f"pytorch_model{SUFFIX[arch]}")
     convert.convert(arch, src, root / "flax", **SHALLOW[arch])
@@ -55,14 +96,14 @@ def converted(request, tmp_path_factory):
     return arch, tm, model, params
 
 
-def test_embeddings_match_timm_at_224_and_another_size(converted):
+def test_embeddings_match_the_reference_at_224_and_another_size(converted):
     arch, tm, model, params = converted
     cfg = backbones.config(arch)
     apply = jax.jit(model.apply)
     rng = np.random.default_rng(0)
     for size in (224, OTHER_SIZE[arch]):
         x = rng.random((2, size, size, 3), np.float32)
-        ref = th.timm_embed(tm, x, cfg["mean"], cfg["std"])
+        ref = th.reference_embed(tm, x, cfg["mean"], cfg["std"], arch)
         got = np.asarray(apply({"params": params}, x))
         assert got.shape == ref.shape == (2, model.embed_dim)
         diff, cos = th.compare(got, ref)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigmma_jax.models import backbones
+from sigmma_jax.tools import references
 from sigmma_jax.tools.bench import parity
 
 _TORCHVISION_OPS = ("nms", "qnms")
@@ -32,33 +32,41 @@ def import_timm():
     return timm, torch
 
 
-def timm_model(arch: str, seed: int = 0, randomize: bool = True, **overrides):
-    """A timm model of preset `arch` in eval mode; `overrides` go to timm (depth=2, layers=...).
+def reference_model(arch: str, seed: int = 0, randomize: bool = True, **overrides):
+    """The PyTorch reference of preset `arch` (`sigmma_jax.tools.references`) in eval mode;
+    `overrides` as in `backbones.config` (depth=2; for timm presets any timm kwarg, layers=...).
 
     randomize: redraw every parameter and buffer with O(1)-scale values (`parity.randomize_`), so every
     weight shapes the output; timm's own init (LayerScale 1e-5) would hide the blocks from a parity check.
     """
-    timm, torch = import_timm()
-    name, kw = backbones.timm_kwargs(arch, **overrides)
+    _, torch = import_timm()
     torch.manual_seed(seed)
-    model = timm.create_model(name, pretrained=False, **kw).eval()
+    model = references.build(arch, **overrides)
     if randomize:
         parity.randomize_(model, seed + 1)
     return model
+
+
+timm_model = reference_model  # the timm presets' references are timm models
 
 
 def state_dict(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def timm_embed(model, images_nhwc: np.ndarray, mean, std) -> np.ndarray:
-    """timm's embedding of float RGB [0, 1] NHWC images, normalised as the Flax backbones do."""
-    _, torch = import_timm()
+def reference_embed(model, images_nhwc: np.ndarray, mean, std, arch: str = "uni") -> np.ndarray:
+    """The reference's embedding of float RGB [0, 1] NHWC images, normalised as the Flax backbones
+    do (`arch` picks how the reference is read: a timm model's output, Virchow2's token mean, ...)."""
+    import_timm()
+    import torch
+
     x = (np.asarray(images_nhwc, np.float32) - np.asarray(mean, np.float32)) / np.asarray(
         std, np.float32
     )
-    with torch.inference_mode():
-        return model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    return references.embed(arch, model, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+timm_embed = reference_embed
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

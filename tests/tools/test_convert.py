@@ -107,7 +107,7 @@ def test_cli_writes_params_and_checksum(tmp_path, timm_uni, capsys):
     meta = json.loads((tmp_path / "flax" / "backbone.json").read_text())
     assert meta["source"]["sha256"] == convert.sha256(src)
     assert meta["arch"] == ARCH and meta["config"]["depth"] == 2
-    assert meta["timm"]["model"] == "vit_large_patch16_224"
+    assert meta["reference"]["model"] == "vit_large_patch16_224"
     # A refused conversion exits non-zero with the reason.
     rc = cli.run(convert_command, [f"--arch={ARCH}", f"--src={src}", f"--dst={tmp_path / 'x'}"])
     assert rc == 1 and "missing key blocks.2." in capsys.readouterr().err

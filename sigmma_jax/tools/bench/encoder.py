@@ -68,7 +68,7 @@ def vit_flops(cfg: dict[str, Any], img: int) -> dict[str, float]:
     p, d = cfg["patch_size"], cfg["width"]
     grid = (img // p) ** 2
     n = grid + 1 + cfg.get("reg_tokens", 0)
-    hidden = int(d * cfg["mlp_ratio"])
+    hidden = cfg.get("mlp_hidden") or int(d * cfg["mlp_ratio"])
     fc2_in = hidden // 2 if cfg.get("mlp") == "swiglu_packed" else hidden
     block = 2 * n * (3 * d * d + d * d + d * hidden + fc2_in * d) + 4 * n * n * d
     return dict(patch=2.0 * grid * p * p * 3 * d, block=float(block))

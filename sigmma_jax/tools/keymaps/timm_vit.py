@@ -1,20 +1,42 @@
-"""timm's VisionTransformer state dict -> `sigmma_jax.models.vit.VisionTransformer`."""
+"""timm's VisionTransformer state dict -> `sigmma_jax.models.vit.VisionTransformer`.
+
+Other published ViT layouts are first renamed to timm's by an adapter (`ADAPTERS`: the first whose
+`detect(keys)` holds renames): Hugging Face DINOv2 (Hibou).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from sigmma_jax.tools.keymaps import hf_dinov2
 from sigmma_jax.tools.keymaps.common import CONV, IDENTITY, KeyMap, linear, norm
+
+# Modules with `detect(keys) -> bool` and `to_timm(sd, cfg) -> sd`.
+ADAPTERS = (hf_dinov2,)
+
+
+def adapt(sd: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    for adapter in ADAPTERS:
+        if adapter.detect(sd.keys()):
+            return adapter.to_timm(sd, cfg)
+    return sd
 
 
 def key_map(cfg: dict[str, Any]) -> KeyMap:
     m: KeyMap = {
         "patch_embed.proj.weight": (("patch_embed", "kernel"), CONV),
-        "patch_embed.proj.bias": (("patch_embed", "bias"), IDENTITY),
         "cls_token": (("cls_token",), IDENTITY),
         "pos_embed": (("pos_embed",), IDENTITY),
     }
+    if cfg.get("patch_bias", True):
+        m["patch_embed.proj.bias"] = (("patch_embed", "bias"), IDENTITY)
+    if cfg.get("pre_norm"):
+        norm(m, "norm_pre", ("norm_pre",))
     norm(m, "norm", ("norm",))
+    if cfg.get("proj_dim"):  # timm's head (a CLIP tower's projection, bias-free here)
+        linear(m, "head", ("proj",), bias=False)
     if cfg.get("reg_tokens", 0):
         m["reg_token"] = (("reg_token",), IDENTITY)
     for i in range(cfg["depth"]):
