@@ -63,6 +63,17 @@ def gene_sentence(c: ml_collections.ConfigDict) -> None:
     _tile_feature(c, "gene_sentence")
 
 
+def text_tower(c: ml_collections.ConfigDict) -> None:
+    """A vision-language model's own two towers (CLIP, PLIP, OmiCLIP's CoCa; weights converted with
+    its text tower into model.backbone_weights): the image tower on the whole tile, the pretrained
+    text tower on the tile's gene sentence written as text (OmiCLIP's representation of ST, as Loki
+    encodes it), fine-tuned with CLIP's symmetric InfoNCE. The paper's CLIP, PLIP and OmiCLIP rows;
+    a suite.backbones entry of such a model runs it (`backbone_methods`)."""
+    _single_scale(c)
+    c.model.st_tower = "text"
+    _tile_feature(c, "gene_text")
+
+
 def sigmma(c: ml_collections.ConfigDict) -> None:
     """The full model: multi-crop HE tower, hierarchical cell graph with sampled edges, three scales."""
     del c
@@ -108,6 +119,7 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "single_scale_clip": single_scale_clip,
     "bleep": bleep,
     "gene_sentence": gene_sentence,
+    "text_tower": text_tower,
     "sigmma": sigmma,
     "graph_single_scale_full": graph_single_scale_full,
     "graph_multiscale_full": graph_multiscale_full,
@@ -121,6 +133,17 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
 TABLE1 = ("frozen_backbone", "single_scale_clip", "bleep", "gene_sentence", "sigmma")
 TABLE2 = ("single_scale_clip", "bleep", "gene_sentence", "sigmma")
 TABLE3 = ("frozen_backbone", "sigmma")
+
+
+def backbone_methods(arch: str) -> tuple[str, ...]:
+    """The methods a suite.backbones entry of this architecture runs: a vision-language model (one
+    with a text tower) its own two towers, Tables 1 and 2's CLIP / PLIP / OmiCLIP rows under its
+    name; any other backbone Table 3's."""
+    from sigmma_jax.models import text  # pylint: disable=import-outside-toplevel
+
+    return ("text_tower",) if arch in text.ARCHS else TABLE3
+
+
 TABLE4 = {
     "no_graph": "gene_sentence",
     "graph_single_scale_full": "graph_single_scale_full",

@@ -82,7 +82,17 @@ METHODS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "no_ns": no_ns,
     "pretrained_encoders": pretrained_encoders,
 }
-TABLE3 = ()  # no per-backbone table: suite.backbones adds nothing for ST-Align
+# The paper's image-encoder rows, one suite.backbones entry each: a pathology encoder frozen on the
+# spot and niche images (CTransPath, UNI, Prov-GigaPath, Hibou, CONCH), a vision-language image
+# tower as the CLIP baseline with its 32-d heads (CLIP ViT-B/32, PLIP).
+CLIP_STYLE = ("clip-vit-b-32", "plip")
+
+
+def backbone_methods(arch: str) -> tuple[str, ...]:
+    """The methods a suite.backbones entry of this architecture runs."""
+    return ("clip",) if arch in CLIP_STYLE else ("frozen_backbone",)
+
+
 # The paper's tables: Table 1 (domains) and Table 3 (genes) rows as (method, embedding, label);
 # Table 2 (ablations) rows as (method, label), scored on the fused spot (ARI) and image (MSE).
 TABLE1 = (

@@ -10,7 +10,9 @@ ddof = 1, 0 for a single run):
      "table3": {ROW: {"mse": {GENE: [...]}, "group_mse": {GROUP: [...]}, "overall_mse": [...]}},
      "n_folds": n, "n_seeds": n}
 
-METHOD is the clustering (k-means, Gaussian mixture). A row whose encoder has no converted weights
+METHOD is the clustering (k-means, Gaussian mixture). The runs of a suite.backbones entry add
+its own rows to Tables 1 and 3, named by it ("ctranspath: frozen image encoder, spot image", "plip:
+CLIP-style image"): the paper's pathology and CLIP rows. A row whose encoder has no converted weights
 is labelled "random init" and kept out of the orders in tables.md.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import pathlib
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -52,14 +55,35 @@ def summary(results: dict) -> str:
     return ", ".join(parts[:3])
 
 
+RANDOM = " (random init: no weights)"
+# The image encoder's embeddings: what a suite.backbones entry's weights decide.
+IMAGE_ROWS = ("spot_backbone", "niche_backbone", "image", "joint")
+
+
 def _untrained_label(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Rows whose encoder runs at random initialisation in this suite (no converted weights)."""
     m = config.model
     out = {}
     if not m.backbone_weights:
-        out["spot_backbone"] = out["niche_backbone"] = " (random init: no weights)"
+        out["spot_backbone"] = out["niche_backbone"] = RANDOM
     if not m.scgpt.weights:
-        out["scgpt"] = " (random init: no weights)"
+        out["scgpt"] = RANDOM
+    return out
+
+
+def _row_sets(finished: dict[Run, dict], config: ml_collections.ConfigDict):
+    """[(label prefix, {method: [results]}, {embedding: label suffix})]: the main runs, then each
+    suite.backbones entry's, whose image rows carry its name (and "random init" without weights)."""
+    from sigmma_jax.experiments import suite  # pylint: disable=import-outside-toplevel
+
+    by_backbone: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run, res in finished.items():
+        by_backbone[run.backbone][run.method].append(res)
+    out = [("", by_backbone.pop(suite.MAIN, {}), _untrained_label(config))]
+    untrained = suite.random_init(config)
+    for name, rows in by_backbone.items():
+        note = {e: RANDOM for e in IMAGE_ROWS} if name in untrained else {}
+        out.append((f"{name}: ", rows, note))
     return out
 
 
@@ -77,25 +101,24 @@ def _genes(res: dict, emb: str) -> dict | None:
 
 
 def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dict:
-    rows: dict[str, list[dict]] = defaultdict(list)
-    for run, res in finished.items():
-        rows[run.method].append(res)
-    note = _untrained_label(config)
+    row_sets = _row_sets(finished, config)
+    rows = row_sets[0][1]  # the main runs (Table 2 has no per-backbone rows)
     table1: dict[str, dict] = {}
     for clustering in CLUSTERINGS:
         out = {}
-        for method, emb, label in methods.TABLE1:
-            per_run = [_domain(r, emb, clustering) for r in rows.get(method, [])]
-            per_run = [p for p in per_run if p[1] is not None]
-            if not per_run:
-                continue
-            slides = sorted({s for p in per_run for s in p[0]})
-            out[label + note.get(emb, "")] = dict(
-                method=method,
-                embedding=emb,
-                slides={s: mean_sd([p[0][s] for p in per_run if s in p[0]]) for s in slides},
-                overall=mean_sd([p[1] for p in per_run]),
-            )
+        for prefix, set_rows, set_note in row_sets:
+            for method, emb, label in methods.TABLE1:
+                per_run = [_domain(r, emb, clustering) for r in set_rows.get(method, [])]
+                per_run = [p for p in per_run if p[1] is not None]
+                if not per_run:
+                    continue
+                slides = sorted({s for p in per_run for s in p[0]})
+                out[prefix + label + set_note.get(emb, "")] = dict(
+                    method=method,
+                    embedding=emb,
+                    slides={s: mean_sd([p[0][s] for p in per_run if s in p[0]]) for s in slides},
+                    overall=mean_sd([p[1] for p in per_run]),
+                )
         table1[clustering] = out
     table2 = {}
     for method, label in methods.TABLE2:
@@ -113,12 +136,14 @@ def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dic
         table2[label] = entry
     table3: dict[str, dict] = {}
     floor = []
-    for method, emb, label in methods.TABLE3_GENES:
-        sums = [_genes(r, emb) for r in rows.get(method, [])]
+    for (prefix, set_rows, set_note), (method, emb, label) in itertools.product(
+        row_sets, methods.TABLE3_GENES
+    ):
+        sums = [_genes(r, emb) for r in set_rows.get(method, [])]
         sums = [s for s in sums if s is not None and "mse" in s]
         if not sums:
             continue
-        table3[label + note.get(emb, "")] = dict(
+        table3[prefix + label + set_note.get(emb, "")] = dict(
             mse={g: mean_sd([s["mse"][g]["mean"] for s in sums]) for g in sums[0]["mse"]},
             group_mse={
                 g: mean_sd([s["group_mse"][g]["mean"] for s in sums]) for g in sums[0]["group_mse"]
@@ -127,7 +152,7 @@ def collect(finished: dict[Run, dict], config: ml_collections.ConfigDict) -> dic
         )
         floor += [
             r["trained"]["spot_expression"]["train_mean"]["summary"]
-            for r in rows.get(method, [])
+            for r in set_rows.get(method, [])
             if "train_mean" in r["trained"].get("spot_expression", {})
         ]
     if floor and "mse" in floor[0]:
@@ -256,10 +281,10 @@ def csv_text(tables: dict) -> str:
 def runs_csv(finished: dict, times: dict) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["method", "fold", "seed", "steps", "summary", "wall_s", "cpu_s"])
+    w.writerow(["backbone", "method", "fold", "seed", "steps", "summary", "wall_s", "cpu_s"])
     for r, res in finished.items():
         w.writerow(
-            [r.method, r.fold, r.seed, res["steps"], summary(res)]
+            [r.backbone, r.method, r.fold, r.seed, res["steps"], summary(res)]
             + [(times.get(r) or {}).get(k, "") for k in ("wall", "cpu")]
         )
     return out.getvalue()

@@ -5,7 +5,11 @@
     W/runs/NAME/METHOD/foldK/seedS/   one run: what `python -m sigmma_jax.main` writes, and time.json
     W/tables.{md,csv,json}, W/plots/  the paper's tables (sigmma_jax.experiments.tables)
 
-NAME is "main" for Tables 1, 2 and 4, and the backbone's name for Table 3. A run whose results.json
+NAME is "main" for Tables 1, 2 and 4, and a `suite.backbones` entry's name for the runs of that
+backbone: which methods run on it is the family's choice (`backbone_methods(arch)`: SIGMMA's
+Table 3, a vision-language model's text tower on gene sentences, ST-Align's pathology and CLIP
+rows). A preset named without converted weights on disk runs at random initialisation and its
+rows say so (`random_init`); the tables keep it out of every comparison. A run whose results.json
 exists is finished and skipped, so an interrupted suite resumes; an interrupted run resumes from its
 last checkpoint. Each run holds its own split of the shared shard set (`shards.with_split`), so no
 run rewrites another's manifest.
@@ -61,13 +65,31 @@ def parse_backbone(spec: str) -> tuple[str, str]:
     return name, path or f"weights/{name}"
 
 
+def backbone_arch(spec: str) -> tuple[str, str]:
+    """(arch, weights directory or "" for random initialisation) of a suite.backbones entry: the
+    architecture saved with converted weights; a preset name whose weights/NAME is absent runs at
+    random init. An explicit NAME=DIR must exist."""
+    name, path = parse_backbone(spec)
+    if pathlib.Path(path, backbones.META).exists():
+        return backbones.read_meta(path)["arch"], path
+    if "=" not in spec and name in backbones.ARCHS:
+        return name, ""
+    backbones.read_meta(path)  # raises, naming the directory and how to make it
+    raise AssertionError("unreachable")
+
+
+def random_init(config: ml_collections.ConfigDict) -> set[str]:
+    """Names of the suite's backbones that run at random initialisation (no weights on disk)."""
+    return {parse_backbone(s)[0] for s in config.suite.backbones if not backbone_arch(s)[1]}
+
+
 def n_folds(manifest: dict) -> int:
     """Folds of a shard set: its groups of samples when split by sample, else one (spatial blocks)."""
     return max(1, len(manifest.get("folds", [])))
 
 
 def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
-    """The runs of config.suite: every method x fold x seed, then Table 3's per backbone."""
+    """The runs of config.suite: every method x fold x seed, then each backbone's methods."""
     s = config.suite
     methods_, _ = experiment(config)
     methods_.check(s.methods)
@@ -78,7 +100,8 @@ def plan(config: ml_collections.ConfigDict, manifest: dict) -> list[Run]:
     runs = [Run(m, f, seed) for m in s.methods for f in folds for seed in s.seeds]
     for spec in s.backbones:
         name, _ = parse_backbone(spec)
-        runs += [Run(m, f, seed, name) for m in methods_.TABLE3 for f in folds for seed in s.seeds]
+        own = methods_.backbone_methods(backbone_arch(spec)[0])
+        runs += [Run(m, f, seed, name) for m in own for f in folds for seed in s.seeds]
     return runs
 
 
@@ -104,9 +127,8 @@ def run_config(config: ml_collections.ConfigDict, run: Run) -> ml_collections.Co
         if c.suite.steps and c.train.steps:  # frozen_backbone trains nothing
             c.train.steps = c.suite.steps
         if run.backbone != MAIN:
-            weights = dict(map(parse_backbone, c.suite.backbones))[run.backbone]
-            c.model.backbone = backbones.read_meta(weights)["arch"]
-            c.model.backbone_weights = weights
+            spec = {parse_backbone(s)[0]: s for s in c.suite.backbones}[run.backbone]
+            c.model.backbone, c.model.backbone_weights = backbone_arch(spec)
     return c
 
 
@@ -123,7 +145,10 @@ def run_suite(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     workdir.mkdir(parents=True, exist_ok=True)
     config = shared(config, workdir)
     for spec in config.suite.backbones:  # fail now, not after the first runs
-        backbones.read_meta(parse_backbone(spec)[1])
+        if not backbone_arch(spec)[1]:
+            print(
+                f"suite: {spec} has no converted weights: its rows run at random init", flush=True
+            )
     family, (_, tables_) = families.get(config), experiment(config)
     manifest = family.preprocess(config, workdir)
     runs = plan(config, manifest)

@@ -7,7 +7,11 @@ tables.json (mean and sd over every fold x seed of a row; sd with ddof=1, 0 for 
      "table2": {METHOD: {"he_to_st": {"R@5": [mean, sd], "R@10": ..., "R@15": ...}, "st_to_he": ...}},
      "table3": {BACKBONE: {"frozen_backbone": {table 1 keys}, "sigmma": {...}}},
      "table4": {ROW: {table 1 and table 2 keys}},
-     "n_folds": n, "n_seeds": n}
+     "random_init": [BACKBONE, ...], "n_folds": n, "n_seeds": n}
+
+A vision-language model given in suite.backbones (CLIP, PLIP, OmiCLIP's CoCa) runs `text_tower`: its
+rows in Tables 1 and 2 are "NAME:text_tower". A backbone in "random_init" had no converted weights:
+its rows say so and stay out of every order.
 
 Table 1's "bleep" row also holds "knn_expression", BLEEP's own predictor, in table 1's keys; every
 Task 1 row also "hest_pcc_gene" (HEST-Benchmark's protocol on the same input) and, with several
@@ -49,7 +53,7 @@ LABELS = {
     "frozen_backbone": "backbone alone, frozen (the paper's UNI row)",
     "single_scale_clip": "single-scale CLIP (whole tile vs expression MLP)",
     "bleep": "BLEEP",
-    "gene_sentence": "gene sentence (OmiCLIP; stands in for CLIP and PLIP)",
+    "gene_sentence": "gene sentence, a transformer trained from scratch (OmiCLIP's input)",
     "sigmma": "SIGMMA",
     "no_graph": "(a) no graph, single scale (= gene sentence)",
     "graph_single_scale_full": "(b) graph, single scale, fully connected",
@@ -115,23 +119,46 @@ def _retrieval(results: list[dict]) -> dict:
     }
 
 
-def collect(finished: dict[Run, dict]) -> dict:
-    """tables.json's content from {run: results.json} of the finished runs."""
+VL = "text_tower"  # the method of a vision-language suite.backbones entry: rows "NAME:text_tower"
+
+
+def _where(key: str) -> tuple[str, str]:
+    """(backbone, method) of a Table 1 / 2 row key: "NAME:text_tower" or a method of the main runs."""
+    name, _, method = key.rpartition(":")
+    return (name, method) if name else ("main", key)
+
+
+def label_of(key: str, random_init=()) -> str:
+    backbone, method = _where(key)
+    if backbone == "main":
+        return LABELS.get(key, key)
+    note = " (random init: no weights)" if backbone in random_init else ""
+    return f"{backbone}: its pretrained image and text towers, the gene sentence as text{note}"
+
+
+def collect(finished: dict[Run, dict], random_init=()) -> dict:
+    """tables.json's content from {run: results.json} of the finished runs; `random_init`: the
+    suite.backbones names without converted weights."""
     rows: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run, res in finished.items():
         rows[run.backbone, run.method].append(res)
     main = {m: res for (backbone, m), res in rows.items() if backbone == "main"}
+    vl = {f"{b}:{m}": res for (b, m), res in rows.items() if b != "main" and m == VL}
     table1 = {m: _expression(main[m]) for m in methods.TABLE1 if m in main}
+    table1.update({k: _expression(v) for k, v in vl.items()})
     if "bleep" in table1 and (knn := _expression(main["bleep"], "knn_expression")):
         table1["bleep"]["knn_expression"] = knn
     table3: dict[str, dict] = {}
     for backbone, method in rows:
         if backbone != "main" and method in methods.TABLE3:
             table3.setdefault(backbone, {})[method] = _expression(rows[backbone, method])
+    table2 = {m: _retrieval(main[m]) for m in methods.TABLE2 if m in main}
+    table2.update({k: _retrieval(v) for k, v in vl.items()})
     return dict(
         table1=table1,
-        table2={m: _retrieval(main[m]) for m in methods.TABLE2 if m in main},
+        table2=table2,
         table3=table3,
+        random_init=sorted({b for b, _ in rows if b in set(random_init)}),
         table4={
             row: {**_expression(main[m]), **_retrieval(main[m]), "graph": _graph(main[m])}
             for row, m in methods.TABLE4.items()
@@ -156,13 +183,18 @@ def _cell(ms: list[float] | None, digits: int = 3) -> str:
     return "–" if not ms else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
-def _order(table: dict, get, lower_is_better: bool = False) -> str:
-    scored = [(get(v), k) for k, v in table.items() if get(v) is not None]
+def _order(table: dict, get, lower_is_better: bool = False, random_init=()) -> str:
+    """The rows by a value, best first; rows of a random-init backbone are left out."""
+    scored = [
+        (get(v), k)
+        for k, v in table.items()
+        if get(v) is not None and _where(k)[0] not in random_init
+    ]
     scored.sort(key=lambda x: x[0] if lower_is_better else -x[0])
     return " > ".join(f"{k} {s:.3f}" for s, k in scored)
 
 
-def _per_seed_orders(finished: dict, members: dict[str, str], value) -> list[str]:
+def _per_seed_orders(finished: dict, members: dict[str, str], value, random_init=()) -> list[str]:
     """'seed S: a > b > ...' for each seed, from each row's runs of that seed (mean over folds)."""
     lines = []
     for seed in sorted({r.seed for r in finished}):
@@ -171,12 +203,12 @@ def _per_seed_orders(finished: dict, members: dict[str, str], value) -> list[str
             vals = [
                 value(res)
                 for r, res in finished.items()
-                if r.backbone == "main" and r.method == method and r.seed == seed
+                if (r.backbone, r.method) == _where(method) and r.seed == seed
             ]
             vals = [v for v in vals if v is not None]
             if vals:
                 table[row] = float(np.mean(vals))
-        lines.append(f"seed {seed}: " + _order(table, lambda v: v))
+        lines.append(f"seed {seed}: " + _order(table, lambda v: v, random_init=random_init))
     return lines
 
 
@@ -266,18 +298,25 @@ def _setup(finished: dict, config: ml_collections.ConfigDict) -> list[str]:
 def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) -> str:
     lines = ["# The paper's experiments", ""] + _setup(finished, config) + [""]
     folds = sorted({r.fold for r in finished})
+    untrained = tables.get("random_init", [])
 
-    def expression_rows(table: dict, backbone: str, label=lambda k: f"{LABELS.get(k, k)} (`{k}`)"):
+    def expression_rows(
+        table: dict, backbone: str, label=lambda k: f"{label_of(k, untrained)} (`{_where(k)[1]}`)"
+    ):
         out = []
         for key, row in table.items():
             method = methods.TABLE4.get(key, key)
+            if backbone == "main":
+                backbone_, method = _where(method)
+            else:
+                backbone_ = backbone
             out.append(
                 [
                     label(key),
                     _cell(row.get("pcc_tile")),
-                    _tile_sd(finished, backbone, method, "pcc_tile_sd"),
+                    _tile_sd(finished, backbone_, method, "pcc_tile_sd"),
                     _cell(row.get("mse_tile")),
-                    _tile_sd(finished, backbone, method, "mse_tile_sd"),
+                    _tile_sd(finished, backbone_, method, "mse_tile_sd"),
                     _cell(row.get("pcc_gene")),
                     _cell(row.get("hest_pcc_gene")),
                     f"`{row['input']}` ({row['width']})" if row.get("input") else "–",
@@ -301,15 +340,19 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             ]
         lines += [
             "The gene-sentence row is OmiCLIP's representation of ST read by a transformer trained "
-            "from scratch beside our backbone; it stands in for the paper's CLIP, PLIP and OmiCLIP "
-            "rows, whose pretrained text towers are out of reach here.",
+            "from scratch beside our backbone. The paper's CLIP, PLIP and OmiCLIP rows are the "
+            '"NAME: its pretrained image and text towers" rows, one per vision-language model in '
+            "suite.backbones (`text_tower`).",
             "",
-            "Order by PCC per tile: " + _order(t1, lambda v: v.get("pcc_tile", [None])[0]),
+            "Order by PCC per tile: "
+            + _order(t1, lambda v: v.get("pcc_tile", [None])[0], random_init=untrained),
             "",
         ]
         lines += [
             "- " + s
-            for s in _per_seed_orders(finished, {m: m for m in t1}, _probe_value("pcc_tile_mean"))
+            for s in _per_seed_orders(
+                finished, {m: m for m in t1}, _probe_value("pcc_tile_mean"), untrained
+            )
         ] + [""]
     t2 = tables["table2"]
     if t2:
@@ -318,7 +361,7 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
             f"{d.replace('_to_', '→').upper()} {k}%" for d in DIRECTIONS for k in RECALLS
         ]
         rows = [
-            [f"{LABELS.get(m, m)} (`{m}`)"]
+            [f"{label_of(m, untrained)} (`{_where(m)[1]}`)"]
             + [_cell(row.get(d, {}).get(k)) for d in DIRECTIONS for k in RECALLS]
             for m, row in t2.items()
         ]
@@ -331,18 +374,22 @@ def markdown(tables: dict, finished: dict, config: ml_collections.ConfigDict) ->
         ]
         lines += [
             "Order by HE→ST R@5%: "
-            + _order(t2, lambda v: v.get("he_to_st", {}).get("R@5", [None])[0]),
+            + _order(
+                t2, lambda v: v.get("he_to_st", {}).get("R@5", [None])[0], random_init=untrained
+            ),
             "",
         ]
         lines += [
-            "- " + s for s in _per_seed_orders(finished, {m: m for m in t2}, _recall_value)
+            "- " + s
+            for s in _per_seed_orders(finished, {m: m for m in t2}, _recall_value, untrained)
         ] + [""]
     t3 = tables["table3"]
     if t3:
         lines += ["## Table 3: backbones (Task 1, linear probe)", ""]
         rows = []
         for backbone, entries in t3.items():
-            rows += expression_rows(entries, backbone, lambda k, b=backbone: f"{b}: `{k}`")
+            note = " (random init: no weights)" if backbone in untrained else ""
+            rows += expression_rows(entries, backbone, lambda k, b=backbone: f"{b}{note}: `{k}`")
         lines += md.table(header1, rows) + [""]
     t4 = tables["table4"]
     if t4:
@@ -559,8 +606,10 @@ def write_files(workdir: pathlib.Path, tables: dict, md: str, csv: str, runs: st
 def write(workdir: str | pathlib.Path, runs: list[Run], config: ml_collections.ConfigDict) -> dict:
     """Writes the tables of the finished `runs`; tables.json last (its presence: all written)."""
     workdir = pathlib.Path(workdir)
+    from sigmma_jax.experiments import suite  # pylint: disable=import-outside-toplevel
+
     finished, times = finished_runs(workdir, runs)
-    tables = collect(finished)
+    tables = collect(finished, suite.random_init(config))
     write_files(
         workdir,
         tables,

@@ -1,10 +1,12 @@
 """ST-Align's experiments end to end on the tiny synthetic Visium slices: every method through the
-same loop, Tables 1-3 filled from the runs' results, random-init rows labelled, a rerun resumes."""
+same loop, Tables 1-3 filled from the runs' results (with a suite.backbones entry's own frozen-encoder
+rows), random-init rows labelled, a rerun resumes."""
 
 import json
 
 import numpy as np
 import pytest
+from support.models import random_backbone
 
 from sigmma_jax.experiments import st_align_methods, st_align_tables, suite
 from sigmma_jax.experiments.tables import mean_sd
@@ -19,8 +21,9 @@ def finished_suite(tiny_spots, tmp_path_factory):
         seeds=(0, 1),
         steps=2,
     )
-    config.mesh.data = 1  # the suite's logic; tests/train/test_st_align.py covers 8 devices
     w = tmp_path_factory.mktemp("st_align_suite")
+    config.suite.backbones = (random_backbone(w.parent / "pathology_vit", config, 32, 3),)
+    config.mesh.data = 1  # the suite's logic; tests/train/test_st_align.py covers 8 devices
     return config, w, suite.run_suite(config, w)
 
 
@@ -42,6 +45,8 @@ def test_every_table_is_filled_from_the_runs(finished_suite):
         "ST-Align: spot expression (scGPT)",
         "ST-Align: niche expression (AE-Gene)",
         "ST-Align: fused spot",
+        "pathology_vit: frozen image encoder, spot image",  # its weights: no random-init label
+        "pathology_vit: frozen image encoder, niche image",
     ]
     assert set(out["table1"]) == {"kmeans", "gmm"}
     assert list(out["table2"]) == ["AE + ABFN, no L_NS", "AE + ABFN + L_NS (ST-Align)"]
@@ -52,8 +57,14 @@ def test_every_table_is_filled_from_the_runs(finished_suite):
         "frozen image encoder, niche image" + random,
         "CLIP-style image",
         "ST-Align image (spot ⊕ niche)",
+        "pathology_vit: frozen image encoder, spot image",
+        "pathology_vit: frozen image encoder, niche image",
         st_align_tables.FLOOR,
     ]
+    # another encoder: another number than the main runs' frozen encoder
+    main = t1["frozen image encoder, spot image" + random]
+    own = t1["pathology_vit: frozen image encoder, spot image"]
+    assert own["method"] == "frozen_backbone" and main["overall"] != own["overall"]
     for row in t3.values():
         assert list(row["group_mse"]) == ["layer markers", "laminar", "non-laminar"]
         assert np.isfinite(row["overall_mse"]).all()
@@ -95,7 +106,7 @@ def test_a_rerun_skips_the_finished_runs(finished_suite, capsys):
     config, w, out = finished_suite
     assert suite.run_suite(config, w) == out
     printed = capsys.readouterr().out
-    assert printed.count("finished before, skipped") == 12
+    assert printed.count("finished before, skipped") == 14  # 12 main runs, 2 of pathology_vit
 
 
 def test_every_method_is_known_to_the_tables():

@@ -7,18 +7,11 @@ import sys
 import numpy as np
 import pytest
 from support.configs import REPO, load_config, shrink
+from support.models import random_backbone
 from support.slides import pink_slide
 
 from sigmma_jax.experiments import suite, tables
-from sigmma_jax.models import backbones
 from sigmma_jax.train import loop
-
-
-def _random_backbone(path, config, width, seed):
-    """A small random ViT saved as converted weights (what Table 3 reads)."""
-    cfg = dict(kind="vit", **dict(config.model.vit.to_dict(), width=width))
-    backbones.save(path, "uni", cfg, backbones.init_params(backbones.build(cfg), seed=seed), {})
-    return f"{path.name}={path}"
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +33,8 @@ def test_suite_fills_every_table_and_resumes(user_slide, tmp_path, monkeypatch):
         methods=("frozen_backbone", "bleep", "gene_sentence"),
         seeds=(0,),
         backbones=(
-            _random_backbone(tmp_path / "vit_a", config, 32, 1),
-            _random_backbone(tmp_path / "vit_b", config, 48, 2),
+            random_backbone(tmp_path / "vit_a", config, 32, 1),
+            random_backbone(tmp_path / "vit_b", config, 48, 2),
         ),
     )
     w = tmp_path / "w"

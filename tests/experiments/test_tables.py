@@ -136,3 +136,48 @@ def test_probe_inputs_graph_density_and_whole_tile_variants():
     assert "`projected/micro` | `projected/mean` | `projected/concat` | `backbone/macro`" in section
     assert "## Why SIGMMA's backbone embeds the whole tile" in md
     assert "whole_tile,sigmma_heads_per_scale,pcc_gene" in tables.csv_text(out)
+
+
+def test_vision_language_rows_and_random_init_backbones():
+    """A vision-language model's runs (suite.backbones, `text_tower`) are rows of Tables 1 and 2
+    under its name; a backbone without weights is labelled and left out of every order."""
+    rng = np.random.default_rng(2)
+    finished = {}
+    for seed in (0, 1):
+        finished[Run("gene_sentence", 0, seed)] = _results(rng)
+        finished[Run("text_tower", 0, seed, "plip")] = _results(rng)
+        finished[Run("text_tower", 0, seed, "clip")] = _results(rng)
+        for method in ("frozen_backbone", "sigmma"):
+            finished[Run(method, 0, seed, "ctranspath")] = _results(rng)
+    # clip wins both tasks by far: as random init it must still not be ranked
+    for seed in (0, 1):
+        res = finished[Run("text_tower", 0, seed, "clip")]["trained"]
+        res["probe"]["pcc_tile_mean"] = 0.99
+        res["retrieval"]["he_to_st"]["combined"]["R@5"] = 0.99
+    out = tables.collect(finished, random_init={"clip", "ctranspath"})
+    assert list(out["table1"]) == ["gene_sentence", "plip:text_tower", "clip:text_tower"]
+    assert list(out["table2"]) == ["gene_sentence", "plip:text_tower", "clip:text_tower"]
+    assert out["random_init"] == ["clip", "ctranspath"]
+    vals = [
+        finished[Run("text_tower", 0, s, "plip")]["trained"]["probe"]["pcc_tile_mean"]
+        for s in (0, 1)
+    ]
+    assert out["table1"]["plip:text_tower"]["pcc_tile"] == pytest.approx(
+        [np.mean(vals), np.std(vals, ddof=1)]
+    )
+    md = tables.markdown(out, finished, config_base.base_config())
+    assert (
+        "| plip: its pretrained image and text towers, the gene sentence as text (`text_tower`) |"
+        in md
+    )
+    assert (
+        "clip: its pretrained image and text towers, the gene sentence as text (random init" in md
+    )
+    assert "ctranspath (random init: no weights): `sigmma`" in md
+    orders = [
+        line
+        for line in md.splitlines()
+        if (line.startswith("Order by") or line.startswith("- seed")) and "gene_sentence" in line
+    ]
+    assert len(orders) == 6  # Tables 1 and 2: overall and per seed
+    assert all("clip:" not in line and "plip:text_tower" in line for line in orders), orders
