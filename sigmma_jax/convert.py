@@ -60,6 +60,7 @@ def main(argv) -> int:
         f"converted {FLAGS.src} ({meta['source']['tensors']} tensors, sha256 "
         f"{meta['source']['sha256'][:16]}...) -> {FLAGS.dst} as {FLAGS.arch}"
         + (f"; pos_embed resampled {resampled}" if resampled else "")
+        + (f"; text tower -> {FLAGS.dst}/text ({meta['text']['layout']})" if "text" in meta else "")
     )
     return 0
 

@@ -59,6 +59,20 @@ def tiny_shards(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo_tile(tmp_path_factory):
+    """A 224 x 224 H&E tile of the demo's slide (the synthetic slide at 0.5 µm/px, the 20x the
+    pathology encoders expect), float RGB in [0, 1]: what the parity tests feed besides noise."""
+    import numpy as np
+
+    from sigmma_jax.data import readers, synthetic
+
+    root = tmp_path_factory.mktemp("demo_tile")
+    slide = synthetic.write_synthetic_slide(root, size_um=200.0, pixel_size_um=0.5, n_genes=12)
+    region = readers.WSI(slide.wsi).read(88, 312, 88, 312)  # the centre: tissue, not the border
+    return region[..., :3].astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
 def tiny_spots(tmp_path_factory):
     """Four small synthetic Visium slices (two donors) preprocessed once for the session with the
     tiny ST-Align config: (config, manifest); fold 0 holds out the first donor's two slices."""

@@ -6,6 +6,8 @@ the batch (docs/method.md, "Baselines" and "Node features").
   tile's normalised log1p expression, fitted on the training tiles, corrected across slides with
   Harmony when there are several. "gene_sentence" is OmiCLIP's: the tile's most expressed genes,
   in descending order, as token ids (panel index + 1; 0 pads a tile with fewer expressed genes).
+  "gene_text" is the same sentence as text, through the tokenizer of the vision-language model in
+  model.backbone_weights (its text tower reads it: `model.st_tower = "text"`).
 - Node features (`data.node_features`), in the batch as `graph.nodes["features"]`: "counts" adds
   nothing (the graph tower normalises the counts itself); "pca" projects each cell's normalised
   log1p counts on principal components fitted on the training tiles' cells; "embedding" passes the
@@ -53,11 +55,11 @@ def _pca(x: np.ndarray, n: int, fit_rows: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def expression_pcs(
-    tile_counts: np.ndarray, manifest: dict, d: ml_collections.ConfigDict
+    tile_counts: np.ndarray, manifest: dict, config: ml_collections.ConfigDict
 ) -> np.ndarray:
     """BLEEP's expression input, (tiles, k) float32: PCA of normalised log1p tile expression fitted
     on the training tiles, then Harmony across slides (all tiles, as BLEEP corrects all slices)."""
-    cfg = d.expression_pcs
+    cfg = config.data.expression_pcs
     x = normalized_log1p(tile_counts, cfg.target_sum)
     mean, components = _pca(x, cfg.n, np.asarray(manifest["splits"]["train"]))
     pcs = (x - mean) @ components.T
@@ -80,10 +82,11 @@ def sentence_mask(genes: list[str]) -> np.ndarray:
 
 
 def gene_sentence(
-    tile_counts: np.ndarray, manifest: dict, d: ml_collections.ConfigDict
+    tile_counts: np.ndarray, manifest: dict, config: ml_collections.ConfigDict
 ) -> np.ndarray:
     """OmiCLIP's gene sentence, (tiles, data.sentence_length) int32: the expressed genes of each tile
     by decreasing count (ties in panel order), as panel index + 1, padded with 0."""
+    d = config.data
     allowed = sentence_mask(manifest["genes"])
     counts = np.where(allowed & (tile_counts > 0), np.asarray(tile_counts, np.float64), -1.0)
     order = np.argsort(-counts, axis=1, kind="stable")[:, : d.sentence_length]
@@ -94,9 +97,31 @@ def gene_sentence(
     return tokens
 
 
+def sentences(tokens: np.ndarray, genes: list[str]) -> list[str]:
+    """Gene-sentence token ids (panel index + 1, 0 padding) -> the sentences as text."""
+    return [" ".join(genes[t - 1] for t in row if t > 0) for row in tokens]
+
+
+def gene_text(
+    tile_counts: np.ndarray, manifest: dict, config: ml_collections.ConfigDict
+) -> np.ndarray:
+    """The gene sentence as text through the tokenizer converted with model.backbone_weights,
+    (tiles, its context length) int32."""
+    from sigmma_jax.models import text  # pylint: disable=import-outside-toplevel
+
+    if not config.model.backbone_weights:
+        raise ValueError(
+            "data.tile_features 'gene_text' tokenizes with the text tower converted with the image "
+            "tower: set model.backbone_weights to a vision-language model's converted directory"
+        )
+    tokenizer = text.tokenizer(config.model.backbone_weights)
+    return tokenizer(sentences(gene_sentence(tile_counts, manifest, config), manifest["genes"]))
+
+
 TILE_FEATURES: dict[str, Callable[[np.ndarray, dict, ml_collections.ConfigDict], np.ndarray]] = {
     "expression_pcs": expression_pcs,
     "gene_sentence": gene_sentence,
+    "gene_text": gene_text,
 }
 
 
@@ -124,6 +149,13 @@ def check(config: ml_collections.ConfigDict) -> None:
         )
 
 
+def _tokenizer_ident(config: ml_collections.ConfigDict) -> dict:
+    from sigmma_jax.models import text  # pylint: disable=import-outside-toplevel
+
+    meta = text.read_meta(config.model.backbone_weights)
+    return dict(tokenizer=meta["tokenizer"], source=meta.get("source"))
+
+
 def _key(config: ml_collections.ConfigDict, manifest: dict) -> str:
     d = config.data
     ident = dict(
@@ -132,6 +164,8 @@ def _key(config: ml_collections.ConfigDict, manifest: dict) -> str:
         tile_features=sorted(d.tile_features),
         expression_pcs=d.expression_pcs.to_dict(),
         sentence_length=d.sentence_length,
+        # the tokenizer of gene_text: the converted text tower's files and their sources
+        tokenizer=_tokenizer_ident(config) if "gene_text" in d.tile_features else None,
         node_features=d.node_features,
         node_pca=d.node_pca,
         target_sum=config.model.st.target_sum,
@@ -183,7 +217,7 @@ def _compute(config: ml_collections.ConfigDict, manifest: dict, shard_dir) -> di
                 )
             node_dim = rec["cell_embedding"].shape[1]
     tile_counts = np.stack(tile_counts)
-    out = {f"tile/{n}": TILE_FEATURES[n](tile_counts, manifest, d) for n in d.tile_features}
+    out = {f"tile/{n}": TILE_FEATURES[n](tile_counts, manifest, config) for n in d.tile_features}
     if d.node_features == "pca":
         x = normalized_log1p(np.concatenate(cell_counts), config.model.st.target_sum)
         rows = np.arange(len(x))

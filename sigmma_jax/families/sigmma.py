@@ -21,7 +21,7 @@ from sigmma_jax.data import features, input_pipeline, shards
 from sigmma_jax.evaluation import expression, predictors
 from sigmma_jax.evaluation import genes as genes_lib
 from sigmma_jax.families.base import Family
-from sigmma_jax.models import backbones
+from sigmma_jax.models import backbones, text
 from sigmma_jax.models import sigmma as sigmma_model
 from sigmma_jax.scales import SCALES
 
@@ -32,11 +32,16 @@ def scale_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 def place_backbone_weights(config: ml_collections.ConfigDict, params: dict) -> dict:
     """`params` with the converted backbone (model.backbone_weights, if any) at params["backbone"],
-    restored onto the initial parameters' shardings; the optimizer state stays zeros."""
+    and with `model.st_tower = "text"` its text tower at params["st"]["text"], restored onto the
+    initial parameters' shardings; the optimizer state stays zeros."""
     if not config.model.backbone_weights:
         return params
     _, weights = backbones.load(config.model.backbone_weights, like=params["backbone"])
-    return {**params, "backbone": weights}
+    params = {**params, "backbone": weights}
+    if config.model.get("st_tower") == "text":
+        _, tower, _ = text.load(config.model.backbone_weights, like=params["st"]["text"])
+        params = {**params, "st": {**params["st"], "text": tower}}
+    return params
 
 
 class SigmmaFamily(Family):

@@ -10,6 +10,8 @@
 | `uni2-h`      | vit_giant_patch14_224 as ViT-H/14, 8 registers, SwiGLU-packed, no_embed_class | class token | 1536 |
 | `h-optimus-0` | vit_giant_patch14_reg4_dinov2, 4 registers, SwiGLU-packed, img_size=224 | class token | 1536 |
 | `resnet50`    | resnet50 (num_classes=0)                     | global average pool   | 2048 |
+| `conch`       | CONCH's timm ViT-B/16 at 448 px + pooler (`models.coca`) | encode_image | 512 |
+| `coca-vit-l-14` | open_clip coca_ViT-L-14 image tower, OmiCLIP's (`models.coca`) | encode_image | 768 |
 
 Normalisation (each model's mean/std) belongs to the backbone. One way to build a backbone, `build`
 (a preset name or a config dict); one way to load converted weights, `load`; `resolve` turns a run
@@ -30,7 +32,9 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from sigmma_jax import atomic
+from sigmma_jax.models.coca import OPENAI_MEAN, OPENAI_STD, CoCaVision
 from sigmma_jax.models.resnet import ResNet
+from sigmma_jax.models.swin import SwinTransformer
 from sigmma_jax.models.vit import VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,6 +135,84 @@ for _name, _width, _depth, _heads in (("hibou-b", 768, 12, 12), ("hibou-l", 1024
         mean=HIBOU_MEAN,
         std=HIBOU_STD,
     )
+# CoCa image towers (`sigmma_jax.models.coca`): the contrastive image embedding, as
+# encode_image(normalize=False) returns it.
+# CONCH (MahmoodLab/conch, conch_ViT-B-16.json): a timm ViT-B/16 at 448 px, a 1-query pooler 512
+# wide with 8 heads, ln_contrast, proj_contrast 512 x 512; OpenAI CLIP's mean/std.
+ARCHS["conch"] = dict(
+    kind="coca",
+    layout="timm",
+    img_size=448,
+    patch_size=16,
+    width=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    pool_dim=512,
+    pool_heads=8,
+    pool_queries=1,
+    proj_dim=512,
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
+)
+# open_clip's coca_ViT-L-14 (OmiCLIP / Loki fine-tuned it): ViT-L/14 at 224 px (heads = width / 64),
+# a 256-query pooler 768 wide with 8 heads (the first query is the embedding), ln_post, proj
+# 768 x 768.
+ARCHS["coca-vit-l-14"] = dict(
+    kind="coca",
+    layout="open_clip",
+    img_size=224,
+    patch_size=14,
+    width=1024,
+    depth=24,
+    num_heads=16,
+    mlp_ratio=4.0,
+    pool_dim=768,
+    pool_heads=8,
+    pool_queries=256,
+    proj_dim=768,
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
+)
+# CLIP ViT-B/32's image tower (OpenAI's weights; open_clip "ViT-B-32" with quick_gelu, HF CLIPModel):
+# LayerNorm before the blocks, no patch bias, QuickGELU, LayerNorm epsilon 1e-5, no LayerScale; the
+# embedding is the projected class token (512, un-normalised: CLIPModel.get_image_features). Its text
+# tower is `sigmma_jax.models.text` (ARCHS there), converted beside it.
+ARCHS["clip-vit-b-32"] = dict(
+    kind="vit",
+    img_size=224,
+    patch_size=32,
+    width=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    init_values=None,
+    pre_norm=True,
+    patch_bias=False,
+    ln_eps=1e-5,
+    mlp="quick_gelu",
+    proj_dim=512,
+    mean=OPENAI_MEAN,
+    std=OPENAI_STD,
+)
+# PLIP (vinid/plip): that CLIP fine-tuned on OpenPath, published as a Hugging Face CLIPModel; its
+# CLIPProcessor resizes the short side to 224 (bicubic), centre-crops 224, and uses CLIP's mean/std.
+ARCHS["plip"] = dict(ARCHS["clip-vit-b-32"])
+# CTransPath (github.com/Xiyue-Wang/TransPath, ctran.py): timm's swin_tiny_patch4_window7_224 with a
+# convolutional stem (`models.swin`); the mean of the last stage's tokens, 768. TransPath's feature
+# script resizes to 224 and normalises with ImageNet's mean/std; its model takes 224 px only (the
+# port pads other sizes to whole windows, as timm's dynamic_img_size).
+ARCHS["ctranspath"] = dict(
+    kind="swin",
+    img_size=224,
+    width=96,
+    depths=(2, 2, 6, 2),
+    num_heads=(3, 6, 12, 24),
+    window_size=7,
+    mlp_ratio=4.0,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+)
 
 # How each model is made in timm (the models' cards), for parity tests and the benchmark.
 # `uni2-h`: MahmoodLab's card creates "vit_giant_patch14_224" with these kwargs; every structural
@@ -201,6 +283,33 @@ TIMM: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+# The tissue each model was trained to see, from its card or paper: µm per input pixel at
+# `img_size` (a 224-px input at 0.5 µm/px is a 112-µm field, "20x"). None: natural images. The input
+# size and the normalisation are the presets' own (`img_size`, `mean`, `std`), applied by the model
+# and by every caller that resizes to `model.img_size`; HEST-Bench's 0.5 µm/px patches are resized to
+# each model's `img_size` (`evaluation.hest_bench`).
+INPUTS: dict[str, dict[str, Any]] = {
+    "uni": dict(mpp=0.5, magnification="20x"),
+    "uni2-h": dict(mpp=0.5, magnification="20x"),
+    "h-optimus-0": dict(mpp=0.5, magnification="20x"),
+    "resnet50": dict(mpp=None, magnification="ImageNet"),
+    "prov-gigapath": dict(mpp=0.5, magnification="20x"),
+    "virchow2": dict(mpp=0.5, magnification="20x (trained on 5x-40x)"),
+    "hibou-b": dict(mpp=0.5, magnification="20x"),
+    "hibou-l": dict(mpp=0.5, magnification="20x"),
+    "clip-vit-b-32": dict(mpp=None, magnification="natural images (OpenAI WIT)"),
+    "plip": dict(
+        mpp=None, magnification="mixed (OpenPath: pathology images from Twitter and LAION)"
+    ),
+    "ctranspath": dict(mpp=0.5, magnification="20x (TransPath's README: try 1.0 µm/px first)"),
+}
+
+
+def input_spec(arch: str) -> dict[str, Any]:
+    """{"mpp": µm per input pixel or None, "magnification": the card's words} of a preset."""
+    return dict(INPUTS.get(arch, dict(mpp=None, magnification="not recorded")))
+
+
 META = "backbone.json"  # written by sigmma_jax.convert beside the Orbax parameters
 PARAMS = "params"
 
@@ -263,6 +372,11 @@ def build(
         return VisionTransformer(**cfg, **kw, attn_impl=attn_impl or None)
     if kind == "resnet":
         return ResNet(**cfg, **kw)
+    if kind == "coca":
+        return CoCaVision(**cfg, **kw, attn_impl=attn_impl or None)
+    if kind == "swin":  # attn_impl does not apply (window attention); JSON gives lists
+        cfg.update({k: tuple(cfg[k]) for k in ("depths", "num_heads") if k in cfg})
+        return SwinTransformer(**cfg, **kw)
     raise ValueError(f"unknown backbone kind {kind!r}")
 
 

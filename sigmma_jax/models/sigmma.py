@@ -18,8 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sigmma_jax.models import text
 from sigmma_jax.models.expression_mlp import ExpressionMLP
 from sigmma_jax.models.gene_sentence import GeneSentence
+from sigmma_jax.models.gene_text import GeneText
 from sigmma_jax.models.he_encoder import MultiCrop, WholeTile
 from sigmma_jax.models.heads import ProjectionHead
 from sigmma_jax.models.st_encoder import STEncoder
@@ -28,12 +30,25 @@ from sigmma_jax.scales import SCALES
 HEADS = ("shared", "per_scale")  # model.heads
 HE_TOWERS = {"multi_crop": MultiCrop, "whole_tile": WholeTile}
 # Each ST tower is built from its own config section: model.st for "graph", model.mlp for "mlp",
-# model.gene_sentence for "gene_sentence".
+# model.gene_sentence for "gene_sentence"; "text" (a vision-language model's pretrained text tower)
+# from the text.json converted with model.backbone_weights.
 ST_TOWERS = {
     "graph": (STEncoder, "st"),
     "mlp": (ExpressionMLP, "mlp"),
     "gene_sentence": (GeneSentence, "gene_sentence"),
+    "text": (GeneText, None),
 }
+
+
+def text_tower(model_config: ml_collections.ConfigDict) -> text.TextTransformer:
+    """The text tower saved with model.backbone_weights (its configuration; `families.sigmma` loads
+    the weights)."""
+    if not model_config.backbone_weights:
+        raise ValueError(
+            "model.st_tower='text' reads the text tower converted with the image tower: set "
+            "model.backbone_weights to a vision-language model's converted directory"
+        )
+    return text.build(text.read_meta(model_config.backbone_weights)["config"])
 
 
 class SIGMMA(nn.Module):
@@ -119,9 +134,10 @@ def build(config: ml_collections.ConfigDict, backbone: nn.Module) -> SIGMMA:
             f"unknown model.st_tower {m.st_tower!r}; expected one of {sorted(ST_TOWERS)}"
         )
     tower, section = ST_TOWERS[m.st_tower]
+    st = tower(text_tower(m)) if m.st_tower == "text" else tower(**m[section])
     return SIGMMA(
         backbone=backbone,
-        st=tower(**m[section]),
+        st=st,
         he_tower=m.he_tower,
         scales=model_scales(config),
         embed_dim=m.embed_dim,

@@ -108,7 +108,9 @@ class Attention(nn.Module):
     causal: bool = False  # a text tower's mask: token i attends to tokens <= i
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask: jax.Array | None = None):
+        """`mask`: an optional boolean (B, 1, N, N) of the keys each query may see, on top of
+        `causal` (a text tower's padding: open_clip's CoCa cls mask)."""
         b, n, d = x.shape
         h = self.num_heads
         qkv = nn.Dense(3 * d, dtype=self.dtype, name="qkv")(x)
@@ -120,8 +122,14 @@ class Attention(nn.Module):
             logits = logits * (d // h) ** -0.5
             if self.causal:
                 logits = jnp.where(jnp.tril(jnp.ones((n, n), bool)), logits, -jnp.inf)
+            if mask is not None:
+                logits = jnp.where(mask, logits, -jnp.inf)
             probs = jax.nn.softmax(logits, axis=-1)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+        elif mask is not None:  # no sequence padding here: the mask covers the real length
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, is_causal=self.causal, implementation=self.implementation
+            )
         else:
             pad = CUDNN_SEQ_MULTIPLE if self.implementation == "cudnn" else 0
             out = attention(q, k, v, self.implementation, pad, self.causal)
@@ -151,7 +159,7 @@ class Block(nn.Module):
     mlp_hidden: int = 0  # fc1's width when given (DINOv2's SwiGLU rounds it to a multiple of 8)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, mask: jax.Array | None = None):
         d = x.shape[-1]
         ls = (
             (lambda name: LayerScale(self.init_values, name=name))
@@ -166,7 +174,7 @@ class Block(nn.Module):
             self.attn_impl,
             self.causal,
             name="attn",
-        )(y)
+        )(y, mask)
         x = x + ls("ls1")(y)
         y = nn.LayerNorm(self.ln_eps, dtype=self.dtype, name="norm2")(x)
         hidden = self.mlp_hidden or int(d * self.mlp_ratio)  # timm: int(dim * mlp_ratio)

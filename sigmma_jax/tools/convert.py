@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sigmma_jax.models import backbones
+from sigmma_jax.models import backbones, text
 from sigmma_jax.tools import keymaps, references
+from sigmma_jax.tools.keymaps import clip
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 # Buffers with no meaning for a model in inference form; skipped without complaint.
@@ -51,7 +52,8 @@ def _to_numpy(t) -> np.ndarray:
 
 
 def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """A flat {name: array} from a PyTorch pickle (weights_only) or a safetensors file."""
+    """A flat {name: array} from a PyTorch pickle (weights_only; a lone "model" or "state_dict"
+    wrapper is unwrapped) or a safetensors file."""
     path = pathlib.Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open  # pylint: disable=import-outside-toplevel
@@ -78,6 +80,9 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
             f"{path}: refused by torch.load(weights_only=True), which loads tensors "
             f"and plain containers only: {str(e).splitlines()[0]}"
         ) from e
+    # A training script's lone wrapper key, e.g. CTransPath's {"model": state_dict}.
+    if isinstance(sd, dict) and len(sd) == 1 and next(iter(sd)) in ("model", "state_dict"):
+        sd = next(iter(sd.values()))
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         keys = list(sd)[:5] if isinstance(sd, dict) else type(sd).__name__
         raise ConversionError(
@@ -185,8 +190,13 @@ def convert(
     **overrides,
 ) -> dict:
     """Reads `src`, converts it for preset `arch` (with `overrides`, e.g. depth=2 in tests), writes
-    `dst`; returns the metadata written to `dst/backbone.json`."""
+    `dst`; returns the metadata written to `dst/backbone.json`.
+
+    An arch with a text tower (`models.text.ARCHS`: CLIP, PLIP, CoCa) also gets it converted from the
+    same file into `dst/text` (`keymaps.clip.convert_text`); overrides named "text.<field>" shape it.
+    """
     src = pathlib.Path(src)
+    text_overrides = {k[5:]: overrides.pop(k) for k in list(overrides) if k.startswith("text.")}
     if img_size is not None:
         overrides["img_size"] = int(img_size)
     cfg = backbones.config(arch, **overrides)
@@ -195,13 +205,18 @@ def convert(
             f"img_size {cfg['img_size']} is not a multiple of the patch size {cfg['patch_size']}"
         )
     sd = read_state_dict(src)
+    if arch in text.ARCHS:  # before any work: one line for a file that is not a CLIP checkpoint
+        clip.check_layout(sd, src)
     params, notes = convert_state_dict(sd, cfg, ignore)
     meta = dict(
         source=dict(file=src.name, sha256=sha256(src), bytes=src.stat().st_size, tensors=len(sd)),
         converted=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         reference=references.describe(arch),
+        input=backbones.input_spec(arch),
         ignored=ignore or "",
         **notes,
     )
+    if arch in text.ARCHS:  # written before backbone.json, which marks the directory complete
+        meta["text"] = clip.convert_text(arch, sd, src, dst, **text_overrides)
     backbones.save(dst, arch, cfg, params, meta)
     return backbones.read_meta(dst)

@@ -61,8 +61,154 @@ def _hf_dinov2_build(arch: str, **overrides):
     return Dinov2WithRegistersModel(config).eval()
 
 
+_hf_dinov2_build.library = "transformers"
+
+
 def _pooler(model, x):
     return model(pixel_values=x).pooler_output
+
+
+def _open_clip_coca_build(arch: str, text: dict | None = None, decoder: dict | None = None, **ov):
+    """open_clip.create_model('coca_ViT-L-14') with the preset's shape (OmiCLIP's architecture)."""
+    import open_clip  # pylint: disable=import-outside-toplevel (after timm_helpers' shim)
+
+    c = backbones.config(arch, **ov)
+    if c["pool_dim"] != c["proj_dim"]:
+        raise ValueError("open_clip's CoCa pools and projects at one width (embed_dim)")
+    base = open_clip.get_model_config("coca_ViT-L-14")
+    vision = dict(
+        base["vision_cfg"],
+        image_size=c["img_size"],
+        patch_size=c["patch_size"],
+        width=c["width"],
+        layers=c["depth"],
+        head_width=c["width"] // c["num_heads"],
+        mlp_ratio=c["mlp_ratio"],
+        attn_pooler_heads=c["pool_heads"],
+        attn_pooler_queries=c["pool_queries"],
+    )
+    model = open_clip.create_model(
+        "coca_ViT-L-14",
+        pretrained=None,
+        embed_dim=c["proj_dim"],
+        vision_cfg=vision,
+        text_cfg={**base["text_cfg"], **(text or {})},
+        multimodal_cfg={**base["multimodal_cfg"], **(decoder or {})},
+    )
+    return model.eval()
+
+
+_open_clip_coca_build.library = "open_clip"
+
+
+def _encode_image(model, x):
+    return model.encode_image(x, normalize=False)
+
+
+def _conch_build(arch: str, text: dict | None = None, **ov):
+    """CONCH (conch_ViT-B-16): timm ViT-B/16 trunk + attentional pooler, `tools/conch_torch.py`."""
+    from sigmma_jax.tools import conch_torch  # pylint: disable=import-outside-toplevel
+
+    c = backbones.config(arch, **ov)
+    if c["pool_dim"] != c["proj_dim"]:
+        raise ValueError("CONCH pools and projects at one width (embed_dim)")
+    shape = {
+        k: c[k] for k in ("img_size", "patch_size", "width", "depth", "num_heads", "mlp_ratio")
+    }
+    model = conch_torch.Conch(
+        **shape,
+        embed_dim=c["proj_dim"],
+        embed_dim_caption=c["width"],  # CONCH: 768, the trunk's width
+        pool_heads=c["pool_heads"],
+        **({"text": text} if text else {}),
+    )
+    model.proj_contrast_embedding = c.get("proj_contrast", True)
+    return model
+
+
+_conch_build.library = "timm"
+
+
+def _conch_encode_image(model, x):
+    """CONCH's encode_image(normalize=False) with the preset's proj_contrast."""
+    return model.encode_image(x, normalize=False, proj_contrast=model.proj_contrast_embedding)
+
+
+def _hf_clip_build(arch: str, **overrides):
+    """transformers' CLIPModel with the preset's shape (the layout of vinid/plip and
+    openai/clip-vit-base-patch32); overrides named "text.<field>" shape the text tower."""
+    from transformers import CLIPConfig, CLIPModel  # pylint: disable=import-outside-toplevel
+
+    from sigmma_jax.models import text  # pylint: disable=import-outside-toplevel
+
+    t = text.config(
+        arch, **{k[5:]: overrides.pop(k) for k in list(overrides) if k.startswith("text.")}
+    )
+    c = backbones.config(arch, **overrides)
+    if c["proj_dim"] != t["proj_dim"]:
+        raise ValueError("CLIPModel projects both towers to one width (projection_dim)")
+    vision = dict(
+        hidden_size=c["width"],
+        intermediate_size=int(c["width"] * c["mlp_ratio"]),
+        num_hidden_layers=c["depth"],
+        num_attention_heads=c["num_heads"],
+        image_size=c["img_size"],
+        patch_size=c["patch_size"],
+        hidden_act=c["mlp"],
+        layer_norm_eps=c["ln_eps"],
+    )
+    # eos_token_id 2: the legacy value of PLIP's config, which pools at the highest id (the EOT).
+    language = dict(
+        vocab_size=t["vocab_size"],
+        hidden_size=t["width"],
+        intermediate_size=int(t["width"] * t["mlp_ratio"]),
+        num_hidden_layers=t["depth"],
+        num_attention_heads=t["num_heads"],
+        max_position_embeddings=t["context_length"],
+        hidden_act=t["mlp"],
+        layer_norm_eps=t["ln_eps"],
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    config = CLIPConfig(text_config=language, vision_config=vision, projection_dim=c["proj_dim"])
+    return CLIPModel(config).eval()
+
+
+_hf_clip_build.library = "transformers"
+
+
+def _image_features(model, x):
+    """CLIPModel.get_image_features (transformers 5 returns it as the output's pooler_output)."""
+    out = model.get_image_features(pixel_values=x)
+    return getattr(out, "pooler_output", out)
+
+
+def _ctranspath_build(arch: str, dynamic_img_size: bool = False, **overrides):
+    """timm swin_tiny_patch4_window7_224 with TransPath's ConvStem (`tools/ctranspath_torch.py`)
+    as embed_layer, num_classes=0; `dynamic_img_size` lets it take other input sizes."""
+    import timm  # pylint: disable=import-outside-toplevel
+
+    from sigmma_jax.tools import ctranspath_torch  # pylint: disable=import-outside-toplevel
+
+    c = backbones.config(arch, **overrides)
+    model = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        pretrained=False,
+        num_classes=0,
+        embed_layer=ctranspath_torch.conv_stem(),
+        img_size=c["img_size"],
+        embed_dim=c["width"],
+        depths=tuple(c["depths"]),
+        num_heads=tuple(c["num_heads"]),
+        window_size=c["window_size"],
+        mlp_ratio=c["mlp_ratio"],
+        dynamic_img_size=dynamic_img_size,
+    )
+    return model.eval()
+
+
+_ctranspath_build.library = "timm"
 
 
 REFERENCES: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
@@ -70,6 +216,11 @@ REFERENCES: dict[str, tuple[Callable[..., Any], Callable[[Any, Any], Any]]] = {
     "virchow2": (_timm_build, _token_mean),
     "hibou-b": (_hf_dinov2_build, _pooler),
     "hibou-l": (_hf_dinov2_build, _pooler),
+    "conch": (_conch_build, _conch_encode_image),
+    "coca-vit-l-14": (_open_clip_coca_build, _encode_image),
+    "clip-vit-b-32": (_hf_clip_build, _image_features),
+    "plip": (_hf_clip_build, _image_features),
+    "ctranspath": (_ctranspath_build, _call),
 }
 
 
@@ -80,13 +231,29 @@ def _entry(arch: str):
 
 
 def describe(arch: str) -> dict[str, Any]:
-    """What the reference is, for the converted weights' metadata: timm's model name and kwargs,
-    or the first line of the builder's docstring."""
-    if REFERENCES.get(arch, (None,))[0] is _timm_build:
+    """What the reference is, for the converted weights' metadata and the benchmark: timm's model
+    name and kwargs, or the builder's library (its `library` attribute) and docstring's first line."""
+    builder = _entry(arch)[0]
+    if builder is _timm_build:
         name, kw = backbones.TIMM[arch]
         return dict(library="timm", model=name, kwargs=atomic.jsonable(kw))
-    doc = (_entry(arch)[0].__doc__ or "").strip().splitlines()
-    return dict(library=_entry(arch)[0].__module__, model=doc[0] if doc else "")
+    doc = (builder.__doc__ or "").strip().splitlines()
+    return dict(library=getattr(builder, "library", "torch"), model=doc[0] if doc else "")
+
+
+def versions(arch: str) -> dict[str, str]:
+    """torch's version and the reference library's (for benchmark records)."""
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    import torch  # pylint: disable=import-outside-toplevel
+
+    lib = describe(arch)["library"]
+    out = dict(torch=torch.__version__)
+    try:
+        out[lib] = importlib.import_module(lib).__version__
+    except (ImportError, AttributeError):
+        pass
+    return out
 
 
 def build(arch: str, **overrides):

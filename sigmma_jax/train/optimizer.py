@@ -88,7 +88,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 _BLOCK = re.compile(r"^blocks_(\d+)$")
 _RES_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
-_EMBED = ("patch_embed", "cls_token", "reg_token", "pos_embed", "conv1", "bn1")
+_EMBED = ("patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre", "conv1", "bn1")
 
 
 def _leaf_paths(tree, prefix=()):

@@ -31,7 +31,7 @@ def test_gene_sentence_is_the_tiles_top_genes_by_count():
     )
     c = tiny_config()
     c.data.sentence_length = 4
-    got = features.gene_sentence(counts, _manifest("xxx", [0], genes), c.data)
+    got = features.gene_sentence(counts, _manifest("xxx", [0], genes), c)
 
     def reference(row):
         kept = [i for i in range(len(genes)) if row[i] > 0 and not set(".-") & set(genes[i])]
@@ -41,7 +41,7 @@ def test_gene_sentence_is_the_tiles_top_genes_by_count():
     np.testing.assert_array_equal(got, [reference(r) for r in counts])
     np.testing.assert_array_equal(got[0], [7, 1, 3, 6])  # G, A, C, F
     c.data.sentence_length = 9  # longer than the panel: padded
-    assert features.gene_sentence(counts, _manifest("xxx", [0], genes), c.data).shape == (3, 9)
+    assert features.gene_sentence(counts, _manifest("xxx", [0], genes), c).shape == (3, 9)
 
 
 def test_expression_pcs_fit_on_training_tiles_and_harmony_across_slides():
@@ -55,10 +55,10 @@ def test_expression_pcs_fit_on_training_tiles_and_harmony_across_slides():
     x = np.log1p(counts.astype(np.float64) / counts.sum(1, keepdims=True) * 1e4)
     pca = PCA(5, svd_solver="full").fit(x[train])
     pcs = pca.transform(x)
-    one = features.expression_pcs(counts[:30], _manifest(slides[:30], range(0, 30, 2), []), c.data)
+    one = features.expression_pcs(counts[:30], _manifest(slides[:30], range(0, 30, 2), []), c)
     pca1 = PCA(5, svd_solver="full").fit(x[:30][::2])
     np.testing.assert_allclose(np.abs(one), np.abs(pca1.transform(x[:30])), rtol=1e-4, atol=1e-5)
-    two = features.expression_pcs(counts, _manifest(slides, train, []), c.data)
+    two = features.expression_pcs(counts, _manifest(slides, train, []), c)
     h = harmonypy.run_harmony(
         pcs, pd.DataFrame({"slide": slides}), ["slide"], random_state=0, verbose=False
     )
@@ -67,7 +67,7 @@ def test_expression_pcs_fit_on_training_tiles_and_harmony_across_slides():
     np.testing.assert_allclose(two, want, rtol=1e-3, atol=1e-4)
     c.data.expression_pcs.harmony = False
     np.testing.assert_allclose(
-        features.expression_pcs(counts, _manifest(slides, train, []), c.data),
+        features.expression_pcs(counts, _manifest(slides, train, []), c),
         pcs,
         rtol=1e-4,
         atol=1e-5,

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from support import vision_language as vl
 from support.configs import REPO, load_config, shrink
 from support.models import random_backbone
 from support.slides import pink_slide
@@ -121,3 +122,34 @@ def test_command_runs_a_suite_from_the_command_line(user_slide, tmp_path):
     assert "[1/1] main/frozen_backbone fold 0 seed 3: " in r.stdout
     out = json.loads((tmp_path / "tables.json").read_text())
     assert list(out["table1"]) == ["frozen_backbone"] and out["n_seeds"] == 1
+
+
+def test_vision_language_models_run_their_own_towers(user_slide, tmp_path):
+    """CLIP, PLIP and OmiCLIP (open_clip's CoCa ViT-L/14), converted from their published layouts
+    (random weights), as suite.backbones entries: each runs `text_tower` (its image tower on the
+    tile, its text tower on the gene sentence) and fills its rows of Tables 1 and 2."""
+    config, _ = user_slide
+    config = config.copy_and_resolve_references()
+    clip = vl.converted("clip-vit-b-32", tmp_path / "clip", seed=1)
+    plip = vl.converted("plip", tmp_path / "plip", seed=2)
+    omiclip = vl.converted("coca-vit-l-14", tmp_path / "omiclip", seed=3)
+    config.suite.update(
+        methods=(),  # the main runs are the other test's
+        seeds=(0,),
+        backbones=(f"clip={clip}", f"plip={plip}", f"omiclip={omiclip}"),
+    )
+    w = tmp_path / "w"
+    out = suite.run_suite(config, w)
+    rows = ["clip:text_tower", "plip:text_tower", "omiclip:text_tower"]
+    assert list(out["table1"]) == rows and list(out["table2"]) == rows
+    assert out["random_init"] == []
+    for row in rows:
+        assert all(np.isfinite(out["table1"][row][k]).all() for k in tables.EXPRESSION)
+    res = {b: tables.read_run(w, suite.Run("text_tower", 0, 0, b))[0] for b in ("clip", "plip")}
+    assert res["clip"]["trained"]["probe"] != res["plip"]["trained"]["probe"]
+    run_config = json.loads((w / "runs/plip/text_tower/fold0/seed0/run.json").read_text())["config"]
+    assert run_config["model"]["st_tower"] == "text"
+    assert run_config["model"]["backbone_weights"] == str(plip)
+    assert "gene_text" in run_config["data"]["tile_features"]
+    md = (w / "tables.md").read_text()
+    assert "| plip: its pretrained image and text towers, the gene sentence as text" in md

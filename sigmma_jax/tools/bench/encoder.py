@@ -9,6 +9,7 @@ is not included.
     python -m sigmma_jax.bench encoder                        # ViT-L (UNI) with defaults per device
     python -m sigmma_jax.bench encoder --batch_sizes=21,84 --train_batch_sizes=21 --dtypes=bfloat16
     python -m sigmma_jax.bench encoder --timm_setup=tests/support/timm_helpers.py   # docs/benchmarks.md
+    python -m sigmma_jax.bench encoder --arch=all     # every registered encoder (`zoo`)
 """
 
 from __future__ import annotations
@@ -137,18 +138,17 @@ def _any_label(tree, label) -> bool:
     return any(x == label for x in jax.tree.leaves(tree))
 
 
-def _timm_forward(arch, overrides, img, batches, dtypes, iters, warmup, threads):
-    """{(dtype, batch): seconds per call} of timm's forward (inference mode, autocast for bf16)."""
-    import timm  # pylint: disable=import-outside-toplevel
+def _reference_forward(arch, overrides, img, batches, dtypes, iters, warmup, threads):
+    """{(dtype, batch): seconds per call} of the PyTorch reference's forward (`tools.references`:
+    timm, transformers or open_clip; inference mode, autocast for bf16), and the library versions."""
     import torch  # pylint: disable=import-outside-toplevel
 
-    from sigmma_jax.models import backbones  # pylint: disable=import-outside-toplevel
+    from sigmma_jax.tools import references  # pylint: disable=import-outside-toplevel
 
     if threads:
         torch.set_num_threads(threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    name, kw = backbones.timm_kwargs(arch, **overrides)
-    model = timm.create_model(name, pretrained=False, **kw).eval().to(dev)
+    model = references.build(arch, **overrides).to(dev)
     res = {}
     for dt in dtypes:
         for b in batches:
@@ -159,15 +159,15 @@ def _timm_forward(arch, overrides, img, batches, dtypes, iters, warmup, threads)
                 else torch.autocast(dev, enabled=False)
             )
             try:
-                with torch.inference_mode(), ctx:
+                with ctx:
                     for _ in range(1 + warmup):
-                        model(x)
+                        references.embed(arch, model, x)
                     times = []
                     for _ in range(iters):
                         if dev == "cuda":
                             torch.cuda.synchronize()
                         t = time.perf_counter()
-                        model(x)
+                        references.embed(arch, model, x)
                         if dev == "cuda":
                             torch.cuda.synchronize()
                         times.append(time.perf_counter() - t)
@@ -178,11 +178,15 @@ def _timm_forward(arch, overrides, img, batches, dtypes, iters, warmup, threads)
     if dev == "cuda":
         del model
         torch.cuda.empty_cache()
-    return res, torch.__version__, timm.__version__
+    return res, references.versions(arch)
 
 
 def run(a) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU
+    if a.arch == "all" or "," in a.arch:
+        from sigmma_jax.tools.bench import zoo  # pylint: disable=import-outside-toplevel
+
+        return zoo.run(a)
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -272,10 +276,10 @@ def run(a) -> int:
             t_overrides = {k: v for k, v in overrides.items() if k == "depth"}
             if a.img_size:
                 t_overrides["img_size"] = a.img_size
-            tres, tv, timm_v = _timm_forward(
+            tres, versions = _reference_forward(
                 a.arch, t_overrides, img, fwd_b, fwd_dtypes, a.iters, a.warmup, a.threads
             )
-            timm_info.update(torch=tv, timm=timm_v)
+            timm_info.update(versions)
             for (dt, b), s in tres.items():
                 row = dict(arch=a.arch, mode="timm_forward", dtype=dt, batch=b)
                 if isinstance(s, str):

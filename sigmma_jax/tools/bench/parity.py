@@ -1,7 +1,7 @@
-"""`python -m sigmma_jax.bench parity`: the weight port at full size. A randomly initialised timm
-model's state dict saved to disk (pytorch_model.bin), converted with `sigmma_jax.convert`, loaded with
-`backbones.load`, and its embeddings compared with timm's at 224 px and another size (max abs
-difference, cosine).
+"""`python -m sigmma_jax.bench parity`: the weight port at full size. A randomly initialised PyTorch
+reference (`tools.references`: timm, transformers, open_clip) saved to disk (pytorch_model.bin),
+converted with `sigmma_jax.convert`, loaded with `backbones.load`, and its embeddings compared with
+the reference's at 224 px and another size (max abs difference, cosine).
 
     python -m sigmma_jax.bench parity --arch=uni --timm_setup=tests/support/timm_helpers.py
 """
@@ -23,6 +23,10 @@ flags.DEFINE_string("sizes", "224,288", "Input sizes (multiples of the patch siz
 flags.DEFINE_integer("batch", 4, "Images per comparison.")
 
 
+# Float buffers that are structure, not weights: open_clip's causal mask (-inf above the diagonal).
+_STRUCTURAL_BUFFERS = ("attn_mask",)
+
+
 def randomize_(model, seed: int = 0) -> None:
     """Redraws every floating parameter and buffer of a torch model in place with O(1)-scale values.
 
@@ -38,9 +42,9 @@ def randomize_(model, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in list(model.named_parameters()) + list(model.named_buffers()):
-            if not p.is_floating_point():
-                continue
             last = n.rsplit(".", 1)[-1]
+            if not p.is_floating_point() or last in _STRUCTURAL_BUFFERS:
+                continue
             r = torch.randn(p.shape, generator=g)
             if last == "gamma":
                 p.copy_(0.5 + 0.5 * torch.rand(p.shape, generator=g))
@@ -66,17 +70,15 @@ def run(a) -> int:
     if a.timm_setup:
         runpy.run_path(a.timm_setup, run_name="__main__")
     import jax  # pylint: disable=import-outside-toplevel
-    import timm  # pylint: disable=import-outside-toplevel
 
     # GPUs default to TF32 for float32 matmuls; a float32 parity check wants full float32.
     jax.config.update("jax_default_matmul_precision", "highest")
     import torch  # pylint: disable=import-outside-toplevel
 
     from sigmma_jax.models import backbones  # pylint: disable=import-outside-toplevel
-    from sigmma_jax.tools import convert  # pylint: disable=import-outside-toplevel
+    from sigmma_jax.tools import convert, references  # pylint: disable=import-outside-toplevel
 
     overrides = dict(depth=a.depth) if a.depth else {}
-    name, kw = backbones.timm_kwargs(a.arch, **overrides)
     cfg = backbones.config(a.arch, **overrides)
     root = pathlib.Path(a.workdir or tempfile.mkdtemp(prefix="sigmma_parity_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def run(a) -> int:
     try:
         for init in csv(a.init):
             torch.manual_seed(0)
-            tm = timm.create_model(name, pretrained=False, **kw).eval()
+            tm = references.build(a.arch, **overrides)
             if init == "randomized":
                 randomize_(tm, seed=1)
             src = root / f"{a.arch}_{init}_pytorch_model.bin"
@@ -98,12 +100,8 @@ def run(a) -> int:
             for size in csv(a.sizes, int):
                 x = rng.random((a.batch, size, size, 3), np.float32)
                 xt = (x - np.asarray(cfg["mean"], np.float32)) / np.asarray(cfg["std"], np.float32)
-                with torch.inference_mode():
-                    ref = (
-                        tm(torch.from_numpy(xt.transpose(0, 3, 1, 2).copy()))
-                        .numpy()
-                        .astype(np.float64)
-                    )
+                xt = torch.from_numpy(xt.transpose(0, 3, 1, 2).copy())
+                ref = references.embed(a.arch, tm, xt).numpy().astype(np.float64)
                 got = np.asarray(apply({"params": params}, x), np.float64)
                 cos = (got * ref).sum(-1) / (
                     np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1)
@@ -133,8 +131,7 @@ def run(a) -> int:
                 dict(
                     date=datetime.date.today().isoformat(),
                     machine=machine_description(),
-                    torch=torch.__version__,
-                    timm=timm.__version__,
+                    reference=dict(references.describe(a.arch), **references.versions(a.arch)),
                     rows=results,
                 ),
                 f,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sigmma_jax.tools.keymaps import timm_resnet, timm_vit
+from sigmma_jax.tools.keymaps import coca, swin, timm_resnet, timm_vit
 from sigmma_jax.tools.keymaps.common import CONV, IDENTITY, LINEAR, KeyMap, Transform
 
 __all__ = ["CONV", "IDENTITY", "LINEAR", "KeyMap", "Transform", "adapt", "key_map"]
@@ -24,6 +24,8 @@ StateDict = dict[str, np.ndarray]
 FAMILIES = {
     "vit": timm_vit,
     "resnet": timm_resnet,
+    "coca": coca,
+    "swin": swin,
 }
 
 

@@ -1,7 +1,8 @@
 """timm's VisionTransformer state dict -> `sigmma_jax.models.vit.VisionTransformer`.
 
 Other published ViT layouts are first renamed to timm's by an adapter (`ADAPTERS`: the first whose
-`detect(keys)` holds renames): Hugging Face DINOv2 (Hibou).
+`detect(keys)` holds renames): Hugging Face DINOv2 (Hibou); open_clip's and Hugging Face CLIPModel's
+CLIP vision towers (`clip`: CLIP ViT-B/32, PLIP).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from sigmma_jax.tools.keymaps import hf_dinov2
+from sigmma_jax.tools.keymaps import clip, hf_dinov2
 from sigmma_jax.tools.keymaps.common import CONV, IDENTITY, KeyMap, linear, norm
 
 # Modules with `detect(keys) -> bool` and `to_timm(sd, cfg) -> sd`.
-ADAPTERS = (hf_dinov2,)
+ADAPTERS = (hf_dinov2, clip)
 
 
 def adapt(sd: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, np.ndarray]:
